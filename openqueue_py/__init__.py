@@ -1,0 +1,28 @@
+"""OpenQueue: a PostgreSQL-native job queue.
+
+All queue logic lives in PL/pgSQL (schema ``openqueue``); this package is a
+thin layer over it: :class:`Client`, :class:`AsyncClient`, the worker runtime
+and the ``openqueue`` command line.
+"""
+
+from .client import Client
+from .client_async import AsyncClient
+from .errors import InvalidArgument, NotInstalled, OpenQueueError, SchemaTooNew, WorkerError
+from .migrate import install
+from .models import Job, JobRecord, JobState, Leased, QueueStats
+
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "InvalidArgument",
+    "Job",
+    "JobRecord",
+    "JobState",
+    "Leased",
+    "NotInstalled",
+    "OpenQueueError",
+    "QueueStats",
+    "SchemaTooNew",
+    "WorkerError",
+    "install",
+]

@@ -1,0 +1,317 @@
+"""Every SQL statement the clients send, and how its rows are decoded.
+
+``Client`` and ``AsyncClient`` share this module: each of their methods builds
+a :class:`Call` here and runs it, so the query text, the argument checks and
+the row mapping exist once. Functions are called with named arguments, and an
+argument left as ``None`` is not sent at all, so the SQL default applies.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Generic, TypeVar
+from uuid import UUID
+
+from psycopg.types.json import Jsonb
+
+from .errors import InvalidArgument
+from .models import Job, JobRecord, JobState, Leased, QueueStats
+
+T = TypeVar("T")
+Rows = list[tuple[Any, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Generic[T]):
+    """One statement: its text, its parameters and how to decode its rows."""
+
+    query: str
+    params: dict[str, Any]
+    decode: Callable[[Rows], T]
+
+
+# Argument name -> SQL type, for the explicit casts that keep function
+# resolution unambiguous whatever type psycopg picks for a Python value.
+_TYPES = {
+    "queue_name": "text",
+    "payload": "jsonb",
+    "payloads": "jsonb",
+    "priority": "integer",
+    "run_at": "timestamptz",
+    "max_attempts": "integer",
+    "idempotency_key": "text",
+    "worker_id": "text",
+    "lease_seconds": "integer",
+    "batch_size": "integer",
+    "job_id": "bigint",
+    "lease_token": "uuid",
+    "result": "jsonb",
+    "error": "text",
+    "retry_in": "interval",
+    "retry": "boolean",
+    "backoff_base": "interval",
+    "backoff_max": "interval",
+    "older_than": "interval",
+    "include_dead": "boolean",
+    "queue_names": "text[]",
+}
+
+
+def _function_call(function: str, args: dict[str, Any], *, table: bool) -> tuple[str, dict]:
+    sent = {name: value for name, value in args.items() if value is not None}
+    arguments = ", ".join(f"{name} => %({name})s::{_TYPES[name]}" for name in sent)
+    if table:
+        return f"select * from openqueue.{function}({arguments})", sent
+    return f"select openqueue.{function}({arguments})", sent
+
+
+def _call(function: str, args: dict[str, Any], decode: Callable[[Rows], T], *, table: bool = False) -> Call[T]:
+    query, params = _function_call(function, args, table=table)
+    return Call(query, params, decode)
+
+
+# -- argument checks Python can make before any SQL runs ----------------------
+# Bounds and formats are the database's to decide; these only catch values
+# that cannot be sent at all.
+
+
+def _json(value: Any, name: str) -> Jsonb | None:
+    if value is None:
+        return None
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"{name} is not JSON-serialisable: {exc}") from exc
+    return Jsonb(value)
+
+
+def _interval(value: Any, name: str) -> timedelta | None:
+    if value is None or isinstance(value, timedelta):
+        return value
+    raise InvalidArgument(f"{name} must be a datetime.timedelta, got {type(value).__name__}")
+
+
+def _timestamp(value: Any, name: str) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise InvalidArgument(f"{name} must be a datetime.datetime, got {type(value).__name__}")
+    if value.tzinfo is None:
+        raise InvalidArgument(f"{name} must be timezone-aware (a naive datetime is ambiguous)")
+    return value
+
+
+def _token(value: Any) -> UUID | None:
+    if value is None or isinstance(value, UUID):
+        return value
+    try:
+        return UUID(str(value))
+    except ValueError as exc:
+        raise InvalidArgument(f"lease_token is not a UUID: {value!r}") from exc
+
+
+def _integer(value: Any, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(f"{name} must be an int, got {type(value).__name__}")
+    return value
+
+
+# -- row decoding ---------------------------------------------------------------
+
+
+def _scalar(rows: Rows) -> Any:
+    return rows[0][0] if rows else None
+
+
+def _column(rows: Rows) -> list[Any]:
+    return [row[0] for row in rows]
+
+
+def _leased(queue_name: str) -> Callable[[Rows], list[Leased]]:
+    def decode(rows: Rows) -> list[Leased]:
+        return [
+            Leased(
+                job=Job(
+                    id=r[0],
+                    queue_name=queue_name,
+                    payload=r[1],
+                    priority=r[2],
+                    attempts=r[3],
+                    max_attempts=r[4],
+                    run_at=r[5],
+                    created_at=r[6],
+                ),
+                lease_token=r[7],
+                lease_expires_at=r[8],
+            )
+            for r in rows
+        ]
+
+    return decode
+
+
+def _stats(rows: Rows) -> list[QueueStats]:
+    return [QueueStats(*row) for row in rows]
+
+
+_JOB_COLUMNS = (
+    "id, queue_name, payload, status, priority, run_at, attempts, max_attempts, "
+    "leased_by, lease_expires_at, result, errors, idempotency_key, created_at, finished_at"
+)
+
+
+def _job_record(rows: Rows) -> JobRecord | None:
+    if not rows:
+        return None
+    r = list(rows[0])
+    r[3] = JobState(r[3])
+    return JobRecord(*r)
+
+
+# -- the calls --------------------------------------------------------------------
+
+
+def enqueue(
+    queue_name: str,
+    payload: Any,
+    priority: int | None,
+    run_at: datetime | None,
+    max_attempts: int | None,
+    idempotency_key: str | None,
+) -> Call[int]:
+    args = {
+        "queue_name": queue_name,
+        "payload": _json(payload, "payload"),
+        "priority": _integer(priority, "priority"),
+        "run_at": _timestamp(run_at, "run_at"),
+        "max_attempts": _integer(max_attempts, "max_attempts"),
+        "idempotency_key": idempotency_key,
+    }
+    return _call("oq_enqueue", _required(args, "queue_name", "payload"), _scalar)
+
+
+def enqueue_batch(
+    queue_name: str,
+    payloads: Sequence[Any],
+    priority: int | None,
+    run_at: datetime | None,
+    max_attempts: int | None,
+) -> Call[list[int]]:
+    if isinstance(payloads, str | bytes | dict) or not isinstance(payloads, Sequence):
+        raise InvalidArgument(f"payloads must be a list, got {type(payloads).__name__}")
+    args = {
+        "queue_name": queue_name,
+        "payloads": _json(list(payloads), "payloads"),
+        "priority": _integer(priority, "priority"),
+        "run_at": _timestamp(run_at, "run_at"),
+        "max_attempts": _integer(max_attempts, "max_attempts"),
+    }
+    return _call("oq_enqueue_batch", _required(args, "queue_name"), _column)
+
+
+def lease(queue_name: str, worker_id: str, lease_seconds: int | None, batch_size: int) -> Call[list[Leased]]:
+    args = {
+        "queue_name": queue_name,
+        "worker_id": worker_id,
+        "lease_seconds": _integer(lease_seconds, "lease_seconds"),
+        "batch_size": _integer(batch_size, "batch_size"),
+    }
+    required = _required(args, "queue_name", "worker_id", "batch_size")
+    return _call("oq_lease", required, _leased(queue_name), table=True)
+
+
+def heartbeat(job_id: int, lease_token: UUID | str, lease_seconds: int | None) -> Call[datetime | None]:
+    args = {
+        "job_id": _integer(job_id, "job_id"),
+        "lease_token": _token(lease_token),
+        "lease_seconds": _integer(lease_seconds, "lease_seconds"),
+    }
+    return _call("oq_heartbeat", _required(args, "job_id", "lease_token"), _scalar)
+
+
+def ack(job_id: int, lease_token: UUID | str, result: Any) -> Call[bool]:
+    args = {
+        "job_id": _integer(job_id, "job_id"),
+        "lease_token": _token(lease_token),
+        "result": _json(result, "result"),
+    }
+    return _call("oq_ack", _required(args, "job_id", "lease_token"), _scalar)
+
+
+def nack(
+    job_id: int,
+    lease_token: UUID | str,
+    error: str | None,
+    retry_in: timedelta | None,
+    retry: bool,
+) -> Call[str | None]:
+    args = {
+        "job_id": _integer(job_id, "job_id"),
+        "lease_token": _token(lease_token),
+        "error": error,
+        "retry_in": _interval(retry_in, "retry_in"),
+        "retry": bool(retry),
+    }
+    return _call("oq_nack", _required(args, "job_id", "lease_token"), _scalar)
+
+
+def reap() -> Call[int]:
+    return _call("oq_reap", {}, _scalar)
+
+
+def cancel(job_id: int) -> Call[bool]:
+    return _call("oq_cancel", _required({"job_id": _integer(job_id, "job_id")}, "job_id"), _scalar)
+
+
+def replay(job_id: int) -> Call[bool]:
+    return _call("oq_replay", _required({"job_id": _integer(job_id, "job_id")}, "job_id"), _scalar)
+
+
+def configure_queue(
+    queue_name: str,
+    max_attempts: int | None,
+    lease_seconds: int | None,
+    backoff_base: timedelta | None,
+    backoff_max: timedelta | None,
+) -> Call[None]:
+    args = {
+        "queue_name": queue_name,
+        "max_attempts": _integer(max_attempts, "max_attempts"),
+        "lease_seconds": _integer(lease_seconds, "lease_seconds"),
+        "backoff_base": _interval(backoff_base, "backoff_base"),
+        "backoff_max": _interval(backoff_max, "backoff_max"),
+    }
+    return _call("oq_configure_queue", _required(args, "queue_name"), lambda rows: None)
+
+
+def stats() -> Call[list[QueueStats]]:
+    return _call("oq_stats", {}, _stats, table=True)
+
+
+def purge(older_than: timedelta, include_dead: bool) -> Call[int]:
+    args = {"older_than": _interval(older_than, "older_than"), "include_dead": bool(include_dead)}
+    return _call("oq_purge", _required(args, "older_than"), _scalar)
+
+
+def next_run_at(queue_names: Sequence[str]) -> Call[datetime | None]:
+    return _call("oq_next_run_at", {"queue_names": list(queue_names)}, _scalar)
+
+
+def get_job(job_id: int) -> Call[JobRecord | None]:
+    return Call(
+        f"select {_JOB_COLUMNS} from openqueue.jobs where id = %(job_id)s::bigint",
+        {"job_id": _integer(job_id, "job_id")},
+        _job_record,
+    )
+
+
+def _required(args: dict[str, Any], *names: str) -> dict[str, Any]:
+    for name in names:
+        if args[name] is None:
+            raise InvalidArgument(f"{name} must not be None")
+    return args

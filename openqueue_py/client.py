@@ -1,0 +1,225 @@
+"""The synchronous client: one method per SQL function, each a thin call."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+from uuid import UUID
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from . import _sql
+from .migrate import install
+from .models import JobRecord, Leased, QueueStats
+
+T = TypeVar("T")
+
+
+class Client:
+    """A connection to an OpenQueue database.
+
+    ``source`` is a DSN (a small pool is opened lazily and closed by
+    :meth:`close` or the ``with`` block), a ``psycopg_pool.ConnectionPool``, or
+    a single ``psycopg.Connection`` (shared between threads under a lock).
+    Pools and connections passed in are not closed by the client.
+
+    Every method also takes ``conn=``, an open connection to run on instead:
+    the call then joins that connection's transaction, so a job is enqueued,
+    acked or cancelled atomically with the caller's own writes.
+    """
+
+    def __init__(
+        self,
+        source: str | psycopg.Connection | ConnectionPool,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+    ) -> None:
+        self._lock = threading.Lock()
+        self._conn: psycopg.Connection | None = None
+        self._pool: ConnectionPool | None = None
+        self._owns_pool = False
+        if isinstance(source, str):
+            self._pool = ConnectionPool(
+                source,
+                min_size=min_size,
+                max_size=max_size,
+                kwargs={"autocommit": True},
+                open=False,
+                name="openqueue",
+            )
+            self._owns_pool = True
+        elif isinstance(source, ConnectionPool):
+            self._pool = source
+        elif isinstance(source, psycopg.Connection):
+            self._conn = source
+        else:
+            raise TypeError(f"Client needs a DSN, a ConnectionPool or a Connection, not {source!r}")
+
+    # -- connection handling ------------------------------------------------
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        """Borrow a connection (from the pool, or the single one)."""
+        if self._conn is not None:
+            with self._lock:
+                yield self._conn
+            return
+        assert self._pool is not None
+        if self._owns_pool and self._pool.closed:
+            with self._lock:
+                if self._pool.closed:
+                    self._pool.open(wait=False)
+        with self._pool.connection() as conn:
+            yield conn
+
+    def _run(self, call: _sql.Call[T], conn: psycopg.Connection | None) -> T:
+        if conn is not None:
+            return call.decode(conn.execute(call.query, call.params).fetchall())
+        with self.connection() as own:
+            return call.decode(own.execute(call.query, call.params).fetchall())
+
+    def close(self) -> None:
+        """Close the pool this client opened (not one it was given)."""
+        if self._owns_pool and self._pool is not None:
+            self._pool.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- the API ------------------------------------------------------------
+
+    def install(self) -> None:
+        """Install or upgrade the schema (same as ``psql -f sql/openqueue.sql``)."""
+        with self.connection() as conn:
+            install(conn)
+
+    def enqueue(
+        self,
+        queue_name: str,
+        payload: Any,
+        priority: int | None = None,
+        run_at: datetime | None = None,
+        max_attempts: int | None = None,
+        idempotency_key: str | None = None,
+        *,
+        conn: psycopg.Connection | None = None,
+    ) -> int:
+        call = _sql.enqueue(queue_name, payload, priority, run_at, max_attempts, idempotency_key)
+        return self._run(call, conn)
+
+    def enqueue_batch(
+        self,
+        queue_name: str,
+        payloads: Sequence[Any],
+        priority: int | None = None,
+        run_at: datetime | None = None,
+        max_attempts: int | None = None,
+        *,
+        conn: psycopg.Connection | None = None,
+    ) -> list[int]:
+        call = _sql.enqueue_batch(queue_name, payloads, priority, run_at, max_attempts)
+        return self._run(call, conn)
+
+    def lease(
+        self,
+        queue_name: str,
+        worker_id: str,
+        lease_seconds: int | None = None,
+        *,
+        conn: psycopg.Connection | None = None,
+    ) -> Leased | None:
+        leased = self._run(_sql.lease(queue_name, worker_id, lease_seconds, 1), conn)
+        return leased[0] if leased else None
+
+    def lease_many(
+        self,
+        queue_name: str,
+        worker_id: str,
+        lease_seconds: int | None = None,
+        batch_size: int = 1,
+        *,
+        conn: psycopg.Connection | None = None,
+    ) -> list[Leased]:
+        return self._run(_sql.lease(queue_name, worker_id, lease_seconds, batch_size), conn)
+
+    def heartbeat(
+        self,
+        job_id: int,
+        lease_token: UUID | str,
+        lease_seconds: int | None = None,
+        *,
+        conn: psycopg.Connection | None = None,
+    ) -> datetime | None:
+        return self._run(_sql.heartbeat(job_id, lease_token, lease_seconds), conn)
+
+    def ack(
+        self,
+        job_id: int,
+        lease_token: UUID | str,
+        result: Any = None,
+        *,
+        conn: psycopg.Connection | None = None,
+    ) -> bool:
+        return self._run(_sql.ack(job_id, lease_token, result), conn)
+
+    def nack(
+        self,
+        job_id: int,
+        lease_token: UUID | str,
+        error: str | None = None,
+        retry_in: timedelta | None = None,
+        retry: bool = True,
+        *,
+        conn: psycopg.Connection | None = None,
+    ) -> str | None:
+        return self._run(_sql.nack(job_id, lease_token, error, retry_in, retry), conn)
+
+    def reap(self, *, conn: psycopg.Connection | None = None) -> int:
+        return self._run(_sql.reap(), conn)
+
+    def cancel(self, job_id: int, *, conn: psycopg.Connection | None = None) -> bool:
+        return self._run(_sql.cancel(job_id), conn)
+
+    def replay(self, job_id: int, *, conn: psycopg.Connection | None = None) -> bool:
+        return self._run(_sql.replay(job_id), conn)
+
+    def configure_queue(
+        self,
+        queue_name: str,
+        max_attempts: int | None = None,
+        lease_seconds: int | None = None,
+        backoff_base: timedelta | None = None,
+        backoff_max: timedelta | None = None,
+        *,
+        conn: psycopg.Connection | None = None,
+    ) -> None:
+        call = _sql.configure_queue(queue_name, max_attempts, lease_seconds, backoff_base, backoff_max)
+        self._run(call, conn)
+
+    def stats(self, *, conn: psycopg.Connection | None = None) -> list[QueueStats]:
+        return self._run(_sql.stats(), conn)
+
+    def purge(
+        self,
+        older_than: timedelta,
+        include_dead: bool = False,
+        *,
+        conn: psycopg.Connection | None = None,
+    ) -> int:
+        return self._run(_sql.purge(older_than, include_dead), conn)
+
+    def next_run_at(
+        self, queue_names: Sequence[str], *, conn: psycopg.Connection | None = None
+    ) -> datetime | None:
+        return self._run(_sql.next_run_at(queue_names), conn)
+
+    def get_job(self, job_id: int, *, conn: psycopg.Connection | None = None) -> JobRecord | None:
+        return self._run(_sql.get_job(job_id), conn)

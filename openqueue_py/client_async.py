@@ -1,0 +1,225 @@
+"""The asyncio client: the same methods as Client, awaited."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+from uuid import UUID
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from . import _sql
+from .migrate import install_async
+from .models import JobRecord, Leased, QueueStats
+
+T = TypeVar("T")
+
+
+class AsyncClient:
+    """The asyncio twin of :class:`openqueue_py.Client`.
+
+    ``source`` is a DSN (a small pool is opened on first use and closed by
+    :meth:`close` or ``async with``), a ``psycopg_pool.AsyncConnectionPool``,
+    or a single ``psycopg.AsyncConnection``. Every method also takes ``conn=``
+    to run inside the caller's own transaction.
+    """
+
+    def __init__(
+        self,
+        source: str | psycopg.AsyncConnection | AsyncConnectionPool,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+    ) -> None:
+        self._lock = asyncio.Lock()
+        self._conn: psycopg.AsyncConnection | None = None
+        self._pool: AsyncConnectionPool | None = None
+        self._owns_pool = False
+        if isinstance(source, str):
+            self._pool = AsyncConnectionPool(
+                source,
+                min_size=min_size,
+                max_size=max_size,
+                kwargs={"autocommit": True},
+                open=False,
+                name="openqueue",
+            )
+            self._owns_pool = True
+        elif isinstance(source, AsyncConnectionPool):
+            self._pool = source
+        elif isinstance(source, psycopg.AsyncConnection):
+            self._conn = source
+        else:
+            raise TypeError(
+                f"AsyncClient needs a DSN, an AsyncConnectionPool or an AsyncConnection, not {source!r}"
+            )
+
+    # -- connection handling ------------------------------------------------
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
+        """Borrow a connection (from the pool, or the single one)."""
+        if self._conn is not None:
+            async with self._lock:
+                yield self._conn
+            return
+        assert self._pool is not None
+        if self._owns_pool and self._pool.closed:
+            async with self._lock:
+                if self._pool.closed:
+                    await self._pool.open(wait=False)
+        async with self._pool.connection() as conn:
+            yield conn
+
+    async def _run(self, call: _sql.Call[T], conn: psycopg.AsyncConnection | None) -> T:
+        if conn is not None:
+            cursor = await conn.execute(call.query, call.params)
+            return call.decode(await cursor.fetchall())
+        async with self.connection() as own:
+            cursor = await own.execute(call.query, call.params)
+            return call.decode(await cursor.fetchall())
+
+    async def close(self) -> None:
+        """Close the pool this client opened (not one it was given)."""
+        if self._owns_pool and self._pool is not None:
+            await self._pool.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- the API ------------------------------------------------------------
+
+    async def install(self) -> None:
+        """Install or upgrade the schema (same as ``psql -f sql/openqueue.sql``)."""
+        async with self.connection() as conn:
+            await install_async(conn)
+
+    async def enqueue(
+        self,
+        queue_name: str,
+        payload: Any,
+        priority: int | None = None,
+        run_at: datetime | None = None,
+        max_attempts: int | None = None,
+        idempotency_key: str | None = None,
+        *,
+        conn: psycopg.AsyncConnection | None = None,
+    ) -> int:
+        call = _sql.enqueue(queue_name, payload, priority, run_at, max_attempts, idempotency_key)
+        return await self._run(call, conn)
+
+    async def enqueue_batch(
+        self,
+        queue_name: str,
+        payloads: Sequence[Any],
+        priority: int | None = None,
+        run_at: datetime | None = None,
+        max_attempts: int | None = None,
+        *,
+        conn: psycopg.AsyncConnection | None = None,
+    ) -> list[int]:
+        call = _sql.enqueue_batch(queue_name, payloads, priority, run_at, max_attempts)
+        return await self._run(call, conn)
+
+    async def lease(
+        self,
+        queue_name: str,
+        worker_id: str,
+        lease_seconds: int | None = None,
+        *,
+        conn: psycopg.AsyncConnection | None = None,
+    ) -> Leased | None:
+        leased = await self._run(_sql.lease(queue_name, worker_id, lease_seconds, 1), conn)
+        return leased[0] if leased else None
+
+    async def lease_many(
+        self,
+        queue_name: str,
+        worker_id: str,
+        lease_seconds: int | None = None,
+        batch_size: int = 1,
+        *,
+        conn: psycopg.AsyncConnection | None = None,
+    ) -> list[Leased]:
+        return await self._run(_sql.lease(queue_name, worker_id, lease_seconds, batch_size), conn)
+
+    async def heartbeat(
+        self,
+        job_id: int,
+        lease_token: UUID | str,
+        lease_seconds: int | None = None,
+        *,
+        conn: psycopg.AsyncConnection | None = None,
+    ) -> datetime | None:
+        return await self._run(_sql.heartbeat(job_id, lease_token, lease_seconds), conn)
+
+    async def ack(
+        self,
+        job_id: int,
+        lease_token: UUID | str,
+        result: Any = None,
+        *,
+        conn: psycopg.AsyncConnection | None = None,
+    ) -> bool:
+        return await self._run(_sql.ack(job_id, lease_token, result), conn)
+
+    async def nack(
+        self,
+        job_id: int,
+        lease_token: UUID | str,
+        error: str | None = None,
+        retry_in: timedelta | None = None,
+        retry: bool = True,
+        *,
+        conn: psycopg.AsyncConnection | None = None,
+    ) -> str | None:
+        return await self._run(_sql.nack(job_id, lease_token, error, retry_in, retry), conn)
+
+    async def reap(self, *, conn: psycopg.AsyncConnection | None = None) -> int:
+        return await self._run(_sql.reap(), conn)
+
+    async def cancel(self, job_id: int, *, conn: psycopg.AsyncConnection | None = None) -> bool:
+        return await self._run(_sql.cancel(job_id), conn)
+
+    async def replay(self, job_id: int, *, conn: psycopg.AsyncConnection | None = None) -> bool:
+        return await self._run(_sql.replay(job_id), conn)
+
+    async def configure_queue(
+        self,
+        queue_name: str,
+        max_attempts: int | None = None,
+        lease_seconds: int | None = None,
+        backoff_base: timedelta | None = None,
+        backoff_max: timedelta | None = None,
+        *,
+        conn: psycopg.AsyncConnection | None = None,
+    ) -> None:
+        call = _sql.configure_queue(queue_name, max_attempts, lease_seconds, backoff_base, backoff_max)
+        await self._run(call, conn)
+
+    async def stats(self, *, conn: psycopg.AsyncConnection | None = None) -> list[QueueStats]:
+        return await self._run(_sql.stats(), conn)
+
+    async def purge(
+        self,
+        older_than: timedelta,
+        include_dead: bool = False,
+        *,
+        conn: psycopg.AsyncConnection | None = None,
+    ) -> int:
+        return await self._run(_sql.purge(older_than, include_dead), conn)
+
+    async def next_run_at(
+        self, queue_names: Sequence[str], *, conn: psycopg.AsyncConnection | None = None
+    ) -> datetime | None:
+        return await self._run(_sql.next_run_at(queue_names), conn)
+
+    async def get_job(self, job_id: int, *, conn: psycopg.AsyncConnection | None = None) -> JobRecord | None:
+        return await self._run(_sql.get_job(job_id), conn)

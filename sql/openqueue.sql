@@ -1,0 +1,1201 @@
+-- OpenQueue installer and upgrader.
+-- GENERATED from sql/migrations/ by `make sql`: do not edit by hand.
+--
+--   psql "$DSN" -v ON_ERROR_STOP=1 -f sql/openqueue.sql
+--
+-- Installs the current schema into an empty database or upgrades an
+-- earlier version in place: every missing migration runs, in order, in
+-- one transaction, under an advisory lock so that concurrent installers
+-- queue up instead of colliding. Running it again changes nothing.
+begin;
+
+do $oq_lock$
+begin
+    perform pg_advisory_xact_lock(hashtextextended('openqueue.install', 0));
+end
+$oq_lock$;
+
+do $oq_install$
+declare
+    v_current integer := 0;
+begin
+    if to_regclass('openqueue.schema_migrations') is not null then
+        select coalesce(max(version), 0) into v_current
+        from openqueue.schema_migrations;
+    end if;
+    if v_current > 1 then
+        raise exception using
+            errcode = 'OQ001',
+            message = format('openqueue schema version %s is newer than this installer (version 1)', v_current),
+            hint = 'install a newer OpenQueue release';
+    end if;
+    if v_current < 1 then
+        execute $oq_0001$
+-- OpenQueue schema version 1.
+--
+-- Forward-only migration: applied once, inside the installer's transaction,
+-- by sql/openqueue.sql (generated from this folder). Never edit a released
+-- migration; add the next numbered file instead.
+--
+-- Storage layout, chosen for churn:
+--   openqueue.live_jobs      waiting and running jobs only (pending, failed,
+--                            processing). Small, hot, and the only table the
+--                            lease and reap paths read.
+--   openqueue.finished_jobs  completed, dead and cancelled jobs. Append-mostly;
+--                            purge deletes from it by finished_at.
+--   openqueue.jobs           the documented view: one row per job, both tables.
+-- A job lives in exactly one of the two tables; ack, nack-to-dead, reap-to-dead
+-- and cancel move it out of live_jobs in the same statement, replay moves it
+-- back. However many finished rows pile up, leasing never reads them.
+
+create schema if not exists openqueue;
+
+comment on schema openqueue is
+'OpenQueue: a PostgreSQL-native job queue. Call the oq_* functions.';
+
+create table openqueue.schema_migrations (
+    version integer primary key,
+    name text not null,
+    applied_at timestamptz not null default now()
+);
+
+comment on table openqueue.schema_migrations is
+'One row per applied OpenQueue migration (sql/migrations/NNNN_name.sql).';
+
+-- Job ids come from one sequence shared by both tables, so an id never
+-- changes when a job moves between them.
+create sequence openqueue.job_id_seq as bigint;
+
+-- Per-queue settings. A NULL column means "the built-in default"
+-- (see openqueue._queue_settings); a queue needs no row to be used.
+create table openqueue.queues (
+    queue_name text primary key,
+    max_attempts integer,
+    lease_seconds integer,
+    backoff_base interval,
+    backoff_max interval,
+    created_at timestamptz not null default now(),
+    updated_at timestamptz not null default now(),
+    constraint max_attempts_at_least_one check (max_attempts >= 1),
+    constraint lease_seconds_in_range check (lease_seconds between 1 and 86400),
+    constraint backoff_base_not_negative check (backoff_base >= interval '0'),
+    constraint backoff_max_not_negative check (backoff_max >= interval '0')
+);
+
+comment on table openqueue.queues is
+'Per-queue defaults set by oq_configure_queue; NULL means the built-in default.';
+
+-- The hot table. fillfactor leaves room on each page so that heartbeats
+-- (which change no indexed column but lease_expires_at) and small updates
+-- can stay on the page.
+create table openqueue.live_jobs (
+    id bigint primary key default nextval('openqueue.job_id_seq'),
+    queue_name text not null,
+    status text not null default 'pending',
+    priority integer not null default 0,
+    run_at timestamptz not null default now(),
+    attempts integer not null default 0,
+    max_attempts integer not null,
+    lease_token uuid,
+    leased_by text,
+    lease_expires_at timestamptz,
+    payload jsonb not null,
+    errors jsonb not null default '[]',
+    idempotency_key text,
+    created_at timestamptz not null default now(),
+    constraint status_is_live check (status in ('pending', 'failed', 'processing')),
+    constraint lease_held_when_processing check (
+        (status = 'processing') = (lease_token is not null and lease_expires_at is not null)
+    ),
+    constraint attempts_not_negative check (attempts >= 0),
+    constraint max_attempts_at_least_one check (max_attempts >= 1)
+) with (fillfactor = 80);
+
+alter sequence openqueue.job_id_seq owned by openqueue.live_jobs.id;
+
+comment on table openqueue.live_jobs is
+'Jobs waiting (pending, failed) or running (processing). Read openqueue.jobs instead.';
+
+-- oq_lease: one queue, due jobs only, in lease order. Partial, so running
+-- jobs are not in it; ordered like the lease so that the first batch_size
+-- entries with run_at <= now() are the answer.
+create index live_jobs_lease_order
+on openqueue.live_jobs (queue_name, priority desc, run_at, id)
+where status in ('pending', 'failed');
+
+-- oq_reap: expired leases, running jobs only.
+create index live_jobs_lease_expiry
+on openqueue.live_jobs (lease_expires_at)
+where status = 'processing';
+
+create table openqueue.finished_jobs (
+    id bigint primary key,
+    queue_name text not null,
+    status text not null,
+    priority integer not null,
+    run_at timestamptz not null,
+    attempts integer not null,
+    max_attempts integer not null,
+    leased_by text,
+    payload jsonb not null,
+    result jsonb,
+    errors jsonb not null default '[]',
+    idempotency_key text,
+    created_at timestamptz not null,
+    finished_at timestamptz not null default now(),
+    constraint status_is_finished check (status in ('completed', 'dead', 'cancelled'))
+);
+
+comment on table openqueue.finished_jobs is
+'Jobs in a terminal state (completed, dead, cancelled). Read openqueue.jobs instead.';
+
+-- oq_purge deletes by age; rows arrive in finished_at order, so this index
+-- only ever grows at its right edge.
+create index finished_jobs_finished_at
+on openqueue.finished_jobs (finished_at);
+
+-- Idempotency keys live apart from the jobs so that a key is unique across
+-- both tables, race-free (the primary key decides), and freed exactly when
+-- its job is purged.
+create table openqueue.idempotency_keys (
+    queue_name text not null,
+    idempotency_key text not null,
+    job_id bigint not null,
+    created_at timestamptz not null default now(),
+    constraint idempotency_keys_pkey primary key (queue_name, idempotency_key)
+);
+
+create index idempotency_keys_job_id on openqueue.idempotency_keys (job_id);
+
+comment on table openqueue.idempotency_keys is
+'Idempotency keys of stored jobs; a key is freed when its job is purged.';
+
+create view openqueue.jobs as
+select
+    lj.id,
+    lj.queue_name,
+    lj.payload,
+    lj.status,
+    lj.priority,
+    lj.run_at,
+    lj.attempts,
+    lj.max_attempts,
+    lj.leased_by,
+    lj.lease_token,
+    lj.lease_expires_at,
+    null::jsonb as result,
+    lj.errors,
+    lj.idempotency_key,
+    lj.created_at,
+    null::timestamptz as finished_at
+from openqueue.live_jobs as lj
+union all
+select
+    fj.id,
+    fj.queue_name,
+    fj.payload,
+    fj.status,
+    fj.priority,
+    fj.run_at,
+    fj.attempts,
+    fj.max_attempts,
+    fj.leased_by,
+    null::uuid as lease_token,
+    null::timestamptz as lease_expires_at,
+    fj.result,
+    fj.errors,
+    fj.idempotency_key,
+    fj.created_at,
+    fj.finished_at
+from openqueue.finished_jobs as fj;
+
+comment on view openqueue.jobs is
+'One row per job, whatever its state. UPDATE and DELETE are routed to the '
+'table that holds the job; state changes go through the oq_* functions.';
+
+-- ---------------------------------------------------------------------------
+-- Internal helpers (not granted to anyone).
+-- ---------------------------------------------------------------------------
+
+create function openqueue._raise_null(argument_name text)
+returns void
+language plpgsql
+immutable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    raise exception using
+        errcode = 'null_value_not_allowed',
+        message = format('%s must not be NULL', _raise_null.argument_name),
+        hint = format('pass a value for argument %s', _raise_null.argument_name);
+end;
+$$;
+
+comment on function openqueue._raise_null(text) is
+'Internal: raise SQLSTATE 22004 naming the argument that was NULL.';
+
+create function openqueue._raise_invalid(argument_name text, problem text)
+returns void
+language plpgsql
+immutable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    raise exception using
+        errcode = 'invalid_parameter_value',
+        message = format('%s %s', _raise_invalid.argument_name, _raise_invalid.problem);
+end;
+$$;
+
+comment on function openqueue._raise_invalid(text, text) is
+'Internal: raise SQLSTATE 22023 naming the argument and what is wrong with it.';
+
+create function openqueue._check_queue_name(queue_name text, argument_name text default 'queue_name')
+returns void
+language plpgsql
+immutable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if _check_queue_name.queue_name is null then
+        perform openqueue._raise_null(_check_queue_name.argument_name);
+    elsif _check_queue_name.queue_name = '' then
+        perform openqueue._raise_invalid(_check_queue_name.argument_name, 'must not be empty');
+    elsif length(_check_queue_name.queue_name) > 128 then
+        perform openqueue._raise_invalid(
+            _check_queue_name.argument_name, 'must be at most 128 characters long'
+        );
+    elsif _check_queue_name.queue_name !~ '^[A-Za-z0-9_.:-]+$' then
+        perform openqueue._raise_invalid(
+            _check_queue_name.argument_name,
+            format('%L may only contain A-Z a-z 0-9 _ . : -', _check_queue_name.queue_name)
+        );
+    end if;
+end;
+$$;
+
+comment on function openqueue._check_queue_name(text, text) is
+'Internal: reject a NULL, empty, too long (> 128) or ill-formed queue name.';
+
+create function openqueue._check_range(
+    argument_name text, argument_value bigint, lower_bound bigint, upper_bound bigint
+)
+returns void
+language plpgsql
+immutable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if _check_range.argument_value is null then
+        return;
+    end if;
+    if _check_range.argument_value < _check_range.lower_bound
+       or _check_range.argument_value > _check_range.upper_bound then
+        perform openqueue._raise_invalid(
+            _check_range.argument_name,
+            format(
+                'must be between %s and %s, got %s',
+                _check_range.lower_bound, _check_range.upper_bound, _check_range.argument_value
+            )
+        );
+    end if;
+end;
+$$;
+
+comment on function openqueue._check_range(text, bigint, bigint, bigint) is
+'Internal: reject a value outside [lower_bound, upper_bound] (inclusive); NULL passes.';
+
+-- The built-in defaults live here and nowhere else.
+create function openqueue._queue_settings(
+    queue_name text,
+    out max_attempts integer,
+    out lease_seconds integer,
+    out backoff_base interval,
+    out backoff_max interval
+)
+language sql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select
+        coalesce(q.max_attempts, 5),
+        coalesce(q.lease_seconds, 30),
+        coalesce(q.backoff_base, interval '1 second'),
+        coalesce(q.backoff_max, interval '1 hour')
+    from (select 1) as one
+    left join openqueue.queues as q on q.queue_name = _queue_settings.queue_name
+$$;
+
+comment on function openqueue._queue_settings(text) is
+'Internal: a queue''s effective settings, built-in defaults filled in '
+'(max_attempts 5, lease_seconds 30, backoff_base 1 second, backoff_max 1 hour).';
+
+-- Delay before the retry that follows the attempt-th failure:
+-- least(backoff_max, backoff_base * 2^(attempt-1)), plus up to 10 % jitter,
+-- never below the un-jittered delay. Computed in seconds so that a large
+-- attempt count cannot overflow an interval.
+create function openqueue._backoff(attempt integer, backoff_base interval, backoff_max interval)
+returns interval
+language sql
+volatile
+set search_path = pg_catalog, pg_temp
+as $$
+    select make_interval(
+        secs => least(
+            extract(epoch from _backoff.backoff_max)::double precision,
+            extract(epoch from _backoff.backoff_base)::double precision
+            * power(2::double precision, least(greatest(_backoff.attempt, 1) - 1, 1000))
+        ) * (1 + random() * 0.1)
+    )
+$$;
+
+comment on function openqueue._backoff(integer, interval, interval) is
+'Internal: retry delay after the attempt-th failure, with up to 10 % jitter.';
+
+create function openqueue._error_entry(attempt integer, error text)
+returns jsonb
+language sql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select jsonb_build_object(
+        'attempt', _error_entry.attempt,
+        'error', _error_entry.error,
+        'at', now()
+    )
+$$;
+
+comment on function openqueue._error_entry(integer, text) is
+'Internal: one entry of a job''s errors array.';
+
+-- ---------------------------------------------------------------------------
+-- Public API.
+-- ---------------------------------------------------------------------------
+
+create function openqueue.oq_enqueue(
+    queue_name text,
+    payload jsonb,
+    priority integer default 0,
+    run_at timestamptz default now(),
+    max_attempts integer default null,  -- null: the queue's setting
+    idempotency_key text default null
+)
+returns bigint
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_id bigint;
+    v_existing bigint;
+    v_run_at timestamptz := coalesce(oq_enqueue.run_at, now());
+begin
+    perform openqueue._check_queue_name(oq_enqueue.queue_name);
+    if oq_enqueue.payload is null then
+        perform openqueue._raise_null('payload');
+    end if;
+    perform openqueue._check_range('max_attempts', oq_enqueue.max_attempts, 1, 2147483647);
+
+    v_id := nextval('openqueue.job_id_seq');
+
+    if oq_enqueue.idempotency_key is not null then
+        -- The primary key makes concurrent enqueues with one key race-free:
+        -- the loser waits for the winner's commit, then sees its row.
+        insert into openqueue.idempotency_keys as ik (queue_name, idempotency_key, job_id)
+        values (oq_enqueue.queue_name, oq_enqueue.idempotency_key, v_id)
+        on conflict on constraint idempotency_keys_pkey do nothing;
+        if not found then
+            select ik.job_id into v_existing
+            from openqueue.idempotency_keys as ik
+            where ik.queue_name = oq_enqueue.queue_name
+              and ik.idempotency_key = oq_enqueue.idempotency_key;
+            return v_existing;
+        end if;
+    end if;
+
+    insert into openqueue.live_jobs as lj (
+        id, queue_name, priority, run_at, max_attempts, payload, idempotency_key
+    )
+    values (
+        v_id,
+        oq_enqueue.queue_name,
+        coalesce(oq_enqueue.priority, 0),
+        v_run_at,
+        coalesce(
+            oq_enqueue.max_attempts,
+            (openqueue._queue_settings(oq_enqueue.queue_name)).max_attempts
+        ),
+        oq_enqueue.payload,
+        oq_enqueue.idempotency_key
+    );
+
+    if v_run_at <= now() then
+        perform pg_notify('openqueue', oq_enqueue.queue_name);
+    end if;
+    return v_id;
+end;
+$$;
+
+comment on function openqueue.oq_enqueue(text, jsonb, integer, timestamptz, integer, text) is
+'Add one job to queue_name and return its id. priority (default 0): higher '
+'leases first. run_at (default now()): not leased before then. max_attempts '
+'(NULL: the queue''s setting, 5 unless configured). idempotency_key: if the '
+'queue already stores a job with this key, its id is returned and nothing is '
+'inserted. Sends NOTIFY openqueue, queue_name when the job is due now (on '
+'commit). Errors 22004/22023 for a NULL or bad queue_name, NULL payload, '
+'max_attempts < 1.';
+
+create function openqueue.oq_enqueue_batch(
+    queue_name text,
+    payloads jsonb,
+    priority integer default 0,
+    run_at timestamptz default now(),
+    max_attempts integer default null  -- null: the queue's setting
+)
+returns setof bigint
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_run_at timestamptz := coalesce(oq_enqueue_batch.run_at, now());
+    v_max_attempts integer;
+    v_count bigint;
+begin
+    perform openqueue._check_queue_name(oq_enqueue_batch.queue_name);
+    if oq_enqueue_batch.payloads is null then
+        perform openqueue._raise_null('payloads');
+    elsif jsonb_typeof(oq_enqueue_batch.payloads) <> 'array' then
+        perform openqueue._raise_invalid(
+            'payloads',
+            format('must be a JSON array, got a JSON %s', jsonb_typeof(oq_enqueue_batch.payloads))
+        );
+    end if;
+    perform openqueue._check_range('max_attempts', oq_enqueue_batch.max_attempts, 1, 2147483647);
+
+    v_max_attempts := coalesce(
+        oq_enqueue_batch.max_attempts,
+        (openqueue._queue_settings(oq_enqueue_batch.queue_name)).max_attempts
+    );
+
+    -- Ids are drawn in array order before the insert, so the result order
+    -- does not depend on the order INSERT ... RETURNING happens to use.
+    return query
+    with numbered as (
+        select
+            nextval('openqueue.job_id_seq') as job_id,
+            elem.value as payload,
+            elem.ordinality
+        from jsonb_array_elements(oq_enqueue_batch.payloads) with ordinality as elem
+    ),
+
+    inserted as (  -- noqa: ST03
+        insert into openqueue.live_jobs (id, queue_name, priority, run_at, max_attempts, payload)
+        select
+            n.job_id,
+            oq_enqueue_batch.queue_name,
+            coalesce(oq_enqueue_batch.priority, 0),
+            v_run_at,
+            v_max_attempts,
+            n.payload
+        from numbered as n
+    )
+
+    -- A data-modifying CTE runs whether or not the outer query reads it.
+    select n.job_id
+    from numbered as n
+    order by n.ordinality;
+
+    get diagnostics v_count = row_count;
+    if v_count > 0 and v_run_at <= now() then
+        perform pg_notify('openqueue', oq_enqueue_batch.queue_name);
+    end if;
+end;
+$$;
+
+comment on function openqueue.oq_enqueue_batch(text, jsonb, integer, timestamptz, integer) is
+'Add one job per element of the JSON array payloads to queue_name; returns '
+'the ids in array order. Other arguments as for oq_enqueue. One NOTIFY per '
+'call when the jobs are due now; an empty array writes nothing. Errors '
+'22004/22023 for a bad queue_name, payloads NULL or not an array, max_attempts < 1.';
+
+create function openqueue.oq_lease(
+    queue_name text,
+    worker_id text,
+    lease_seconds integer default null,  -- null: the queue's setting
+    batch_size integer default 1
+)
+returns table (
+    id bigint,
+    payload jsonb,
+    priority integer,
+    attempts integer,
+    max_attempts integer,
+    run_at timestamptz,
+    created_at timestamptz,
+    lease_token uuid,
+    lease_expires_at timestamptz
+)
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_lease interval;
+begin
+    perform openqueue._check_queue_name(oq_lease.queue_name);
+    if oq_lease.worker_id is null then
+        perform openqueue._raise_null('worker_id');
+    elsif oq_lease.worker_id = '' then
+        perform openqueue._raise_invalid('worker_id', 'must not be empty');
+    end if;
+    perform openqueue._check_range('lease_seconds', oq_lease.lease_seconds, 1, 86400);
+    if oq_lease.batch_size is null then
+        perform openqueue._raise_null('batch_size');
+    end if;
+    perform openqueue._check_range('batch_size', oq_lease.batch_size, 1, 10000);
+
+    v_lease := make_interval(secs => coalesce(
+        oq_lease.lease_seconds,
+        (openqueue._queue_settings(oq_lease.queue_name)).lease_seconds
+    ));
+
+    -- SKIP LOCKED lets any number of workers lease from one queue without
+    -- waiting on each other; live_jobs_lease_order makes this an index scan
+    -- that stops after batch_size due rows.
+    return query
+    with candidates as (
+        select lj.id
+        from openqueue.live_jobs as lj
+        where lj.queue_name = oq_lease.queue_name
+          and lj.status in ('pending', 'failed')
+          and lj.run_at <= now()
+        order by lj.priority desc, lj.run_at asc, lj.id asc
+        limit oq_lease.batch_size
+        for update skip locked
+    ),
+
+    leased as (
+        update openqueue.live_jobs as lj
+        set
+            status = 'processing',
+            attempts = lj.attempts + 1,
+            lease_token = gen_random_uuid(),
+            leased_by = oq_lease.worker_id,
+            lease_expires_at = now() + v_lease
+        from candidates as c
+        where lj.id = c.id
+        returning
+            lj.id, lj.payload, lj.priority, lj.attempts, lj.max_attempts,
+            lj.run_at, lj.created_at, lj.lease_token, lj.lease_expires_at
+    )
+
+    select
+        l.id, l.payload, l.priority, l.attempts, l.max_attempts,
+        l.run_at, l.created_at, l.lease_token, l.lease_expires_at
+    from leased as l
+    order by l.priority desc, l.run_at asc, l.id asc;
+end;
+$$;
+
+comment on function openqueue.oq_lease(text, text, integer, integer) is
+'Claim up to batch_size (default 1, at most 10000) due jobs of queue_name '
+'(pending, or failed with run_at <= now()): highest priority first, then '
+'oldest run_at, then lowest id, skipping rows other workers hold. Each becomes '
+'processing with attempts + 1, a fresh lease_token and lease_expires_at = '
+'now() + lease_seconds (NULL: the queue''s setting, 30 unless configured; '
+'at most 86400). Returns the leased rows in lease order; none when nothing '
+'is due. Errors 22004/22023 for a bad queue_name, NULL worker_id, '
+'lease_seconds or batch_size out of range.';
+
+create function openqueue.oq_heartbeat(
+    job_id bigint,
+    lease_token uuid,
+    lease_seconds integer default null  -- null: the queue's setting
+)
+returns timestamptz
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_expires timestamptz;
+begin
+    if oq_heartbeat.job_id is null then
+        perform openqueue._raise_null('job_id');
+    end if;
+    if oq_heartbeat.lease_token is null then
+        perform openqueue._raise_null('lease_token');
+    end if;
+    perform openqueue._check_range('lease_seconds', oq_heartbeat.lease_seconds, 1, 86400);
+
+    update openqueue.live_jobs as lj
+    set lease_expires_at = now() + make_interval(secs => coalesce(
+        oq_heartbeat.lease_seconds,
+        (openqueue._queue_settings(lj.queue_name)).lease_seconds
+    ))
+    where lj.id = oq_heartbeat.job_id
+      and lj.status = 'processing'
+      and lj.lease_token = oq_heartbeat.lease_token
+    returning lj.lease_expires_at into v_expires;
+
+    return v_expires;
+end;
+$$;
+
+comment on function openqueue.oq_heartbeat(bigint, uuid, integer) is
+'Extend the lease that lease_token holds on job_id to now() + lease_seconds '
+'(NULL: the queue''s setting). Returns the new expiry, or NULL when that '
+'lease is no longer held (acked, nacked, cancelled, reclaimed, wrong token, '
+'unknown job). An expired lease that oq_reap has not reclaimed yet is still '
+'held. Errors 22004/22023 for NULL job_id or lease_token, lease_seconds out of range.';
+
+create function openqueue.oq_ack(
+    job_id bigint,
+    lease_token uuid,
+    result jsonb default null
+)
+returns boolean
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if oq_ack.job_id is null then
+        perform openqueue._raise_null('job_id');
+    end if;
+    if oq_ack.lease_token is null then
+        perform openqueue._raise_null('lease_token');
+    end if;
+
+    with done as (
+        delete from openqueue.live_jobs as lj
+        where lj.id = oq_ack.job_id
+          and lj.status = 'processing'
+          and lj.lease_token = oq_ack.lease_token
+        returning lj.*
+    )
+
+    insert into openqueue.finished_jobs (
+        id, queue_name, status, priority, run_at, attempts, max_attempts,
+        leased_by, payload, result, errors, idempotency_key, created_at, finished_at
+    )
+    select
+        d.id, d.queue_name, 'completed', d.priority, d.run_at, d.attempts, d.max_attempts,
+        d.leased_by, d.payload, oq_ack.result, d.errors, d.idempotency_key, d.created_at, now()
+    from done as d;
+
+    return found;
+end;
+$$;
+
+comment on function openqueue.oq_ack(bigint, uuid, jsonb) is
+'Mark job_id completed, storing result, if lease_token holds its current '
+'lease; returns true. Otherwise returns false and changes nothing.';
+
+create function openqueue.oq_nack(
+    job_id bigint,
+    lease_token uuid,
+    error text default null,
+    retry_in interval default null,  -- null: exponential backoff
+    retry boolean default true
+)
+returns text
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_job openqueue.live_jobs%rowtype;
+    v_settings record;
+    v_errors jsonb;
+begin
+    if oq_nack.job_id is null then
+        perform openqueue._raise_null('job_id');
+    end if;
+    if oq_nack.lease_token is null then
+        perform openqueue._raise_null('lease_token');
+    end if;
+    if oq_nack.retry_in < interval '0' then
+        perform openqueue._raise_invalid('retry_in', 'must not be negative');
+    end if;
+
+    select lj.* into v_job
+    from openqueue.live_jobs as lj
+    where lj.id = oq_nack.job_id
+      and lj.status = 'processing'
+      and lj.lease_token = oq_nack.lease_token
+    for update;
+    if not found then
+        return null;
+    end if;
+
+    v_errors := v_job.errors || openqueue._error_entry(v_job.attempts, oq_nack.error);
+
+    if coalesce(oq_nack.retry, true) and v_job.attempts < v_job.max_attempts then
+        v_settings := openqueue._queue_settings(v_job.queue_name);
+        update openqueue.live_jobs as lj
+        set
+            status = 'failed',
+            run_at = now() + coalesce(
+                oq_nack.retry_in,
+                openqueue._backoff(v_job.attempts, v_settings.backoff_base, v_settings.backoff_max)
+            ),
+            lease_token = null,
+            lease_expires_at = null,
+            errors = v_errors
+        where lj.id = v_job.id;
+        return 'failed';
+    end if;
+
+    delete from openqueue.live_jobs as lj where lj.id = v_job.id;
+    insert into openqueue.finished_jobs (
+        id, queue_name, status, priority, run_at, attempts, max_attempts,
+        leased_by, payload, errors, idempotency_key, created_at, finished_at
+    )
+    values (
+        v_job.id, v_job.queue_name, 'dead', v_job.priority, v_job.run_at, v_job.attempts,
+        v_job.max_attempts, v_job.leased_by, v_job.payload, v_errors, v_job.idempotency_key,
+        v_job.created_at, now()
+    );
+    return 'dead';
+end;
+$$;
+
+comment on function openqueue.oq_nack(bigint, uuid, text, interval, boolean) is
+'Report that the attempt holding lease_token on job_id failed with error '
+'(appended to the job''s errors). With attempts left and retry (default '
+'true) the job becomes failed and leasable again at now() + retry_in, or '
+'after exponential backoff when retry_in is NULL; otherwise it becomes dead. '
+'Returns ''failed'', ''dead'', or NULL when the lease is not held.';
+
+create function openqueue.oq_reap()
+returns integer
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_dead integer;
+    v_queues text[];
+begin
+    -- SKIP LOCKED everywhere: a job being acked or heartbeated right now is
+    -- skipped rather than waited for; a later reap sees it if still expired.
+
+    -- Attempts used up: straight on to dead, with the error recorded.
+    with expired as (
+        select lj.id
+        from openqueue.live_jobs as lj
+        where lj.status = 'processing'
+          and lj.lease_expires_at < now()
+          and lj.attempts >= lj.max_attempts
+        for update skip locked
+    ),
+
+    dead as (
+        delete from openqueue.live_jobs as lj
+        using expired as e
+        where lj.id = e.id
+        returning lj.*
+    )
+
+    insert into openqueue.finished_jobs (
+        id, queue_name, status, priority, run_at, attempts, max_attempts,
+        leased_by, payload, errors, idempotency_key, created_at, finished_at
+    )
+    select
+        d.id, d.queue_name, 'dead', d.priority, d.run_at, d.attempts, d.max_attempts,
+        d.leased_by, d.payload,
+        d.errors || openqueue._error_entry(d.attempts, 'lease expired'),
+        d.idempotency_key, d.created_at, now()
+    from dead as d;
+    get diagnostics v_dead = row_count;
+
+    -- Attempts left: pending again, leasable at once.
+    with expired as (
+        select lj.id
+        from openqueue.live_jobs as lj
+        where lj.status = 'processing'
+          and lj.lease_expires_at < now()
+          and lj.attempts < lj.max_attempts
+        for update skip locked
+    ),
+
+    reclaimed as (
+        update openqueue.live_jobs as lj
+        set
+            status = 'pending',
+            lease_token = null,
+            lease_expires_at = null,
+            errors = lj.errors || openqueue._error_entry(lj.attempts, 'lease expired')
+        from expired as e
+        where lj.id = e.id
+        returning lj.queue_name
+    )
+
+    select array_agg(r.queue_name) into v_queues from reclaimed as r;
+
+    perform pg_notify('openqueue', q.queue_name)
+    from (select distinct u.queue_name from unnest(v_queues) as u (queue_name)) as q;
+
+    return v_dead + coalesce(cardinality(v_queues), 0);
+end;
+$$;
+
+comment on function openqueue.oq_reap() is
+'Reclaim every processing job whose lease has expired: it becomes pending '
+'again (error ''lease expired'' recorded), or dead if its attempts are used '
+'up. Returns how many jobs were reclaimed; notifies the refilled queues. '
+'Safe to run concurrently and often.';
+
+create function openqueue.oq_cancel(job_id bigint)
+returns boolean
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if oq_cancel.job_id is null then
+        perform openqueue._raise_null('job_id');
+    end if;
+
+    with gone as (
+        delete from openqueue.live_jobs as lj
+        where lj.id = oq_cancel.job_id
+        returning lj.*
+    )
+
+    insert into openqueue.finished_jobs (
+        id, queue_name, status, priority, run_at, attempts, max_attempts,
+        leased_by, payload, errors, idempotency_key, created_at, finished_at
+    )
+    select
+        g.id, g.queue_name, 'cancelled', g.priority, g.run_at, g.attempts, g.max_attempts,
+        g.leased_by, g.payload, g.errors, g.idempotency_key, g.created_at, now()
+    from gone as g;
+
+    return found;
+end;
+$$;
+
+comment on function openqueue.oq_cancel(bigint) is
+'Cancel job_id if it is pending, failed or processing (a held lease is '
+'revoked: its ack and heartbeat then fail). Returns false for a job in any '
+'other state or an unknown id.';
+
+create function openqueue.oq_replay(job_id bigint)
+returns boolean
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_queue text;
+begin
+    if oq_replay.job_id is null then
+        perform openqueue._raise_null('job_id');
+    end if;
+
+    with revived as (
+        delete from openqueue.finished_jobs as fj
+        where fj.id = oq_replay.job_id
+          and fj.status in ('dead', 'cancelled')
+        returning fj.*
+    )
+
+    insert into openqueue.live_jobs (
+        id, queue_name, status, priority, run_at, attempts, max_attempts,
+        payload, errors, idempotency_key, created_at
+    )
+    select
+        r.id, r.queue_name, 'pending', r.priority, now(), 0, r.max_attempts,
+        r.payload, r.errors, r.idempotency_key, r.created_at
+    from revived as r
+    returning queue_name into v_queue;
+
+    if v_queue is null then
+        return false;
+    end if;
+    perform pg_notify('openqueue', v_queue);
+    return true;
+end;
+$$;
+
+comment on function openqueue.oq_replay(bigint) is
+'Put a dead or cancelled job back to pending, due now, attempts reset to 0, '
+'error history kept; notifies its queue. False for any other state or an unknown id.';
+
+create function openqueue.oq_configure_queue(
+    queue_name text,
+    max_attempts integer default null,
+    lease_seconds integer default null,
+    backoff_base interval default null,
+    backoff_max interval default null
+)
+returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform openqueue._check_queue_name(oq_configure_queue.queue_name);
+    perform openqueue._check_range('max_attempts', oq_configure_queue.max_attempts, 1, 2147483647);
+    perform openqueue._check_range('lease_seconds', oq_configure_queue.lease_seconds, 1, 86400);
+    if oq_configure_queue.backoff_base < interval '0' then
+        perform openqueue._raise_invalid('backoff_base', 'must not be negative');
+    end if;
+    if oq_configure_queue.backoff_max < interval '0' then
+        perform openqueue._raise_invalid('backoff_max', 'must not be negative');
+    end if;
+
+    insert into openqueue.queues as q (
+        queue_name, max_attempts, lease_seconds, backoff_base, backoff_max
+    )
+    values (
+        oq_configure_queue.queue_name,
+        oq_configure_queue.max_attempts,
+        oq_configure_queue.lease_seconds,
+        oq_configure_queue.backoff_base,
+        oq_configure_queue.backoff_max
+    )
+    on conflict on constraint queues_pkey do update
+    set
+        max_attempts = coalesce(excluded.max_attempts, q.max_attempts),
+        lease_seconds = coalesce(excluded.lease_seconds, q.lease_seconds),
+        backoff_base = coalesce(excluded.backoff_base, q.backoff_base),
+        backoff_max = coalesce(excluded.backoff_max, q.backoff_max),
+        updated_at = now();
+end;
+$$;
+
+comment on function openqueue.oq_configure_queue(text, integer, integer, interval, interval) is
+'Set per-queue defaults: max_attempts for new jobs, lease_seconds for leases '
+'and heartbeats (1 to 86400), backoff_base and backoff_max for retries. A NULL '
+'argument leaves that setting unchanged. Built-in defaults: 5 attempts, 30 '
+'seconds, 1 second, 1 hour.';
+
+create function openqueue.oq_stats()
+returns table (
+    queue_name text,
+    pending bigint,
+    processing bigint,
+    failed bigint,
+    completed bigint,
+    dead bigint,
+    cancelled bigint,
+    oldest_due_at timestamptz
+)
+language sql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+    with live as (
+        select
+            lj.queue_name,
+            count(*) filter (where lj.status = 'pending') as pending,
+            count(*) filter (where lj.status = 'processing') as processing,
+            count(*) filter (where lj.status = 'failed') as failed,
+            min(lj.run_at) filter (
+                where lj.status in ('pending', 'failed') and lj.run_at <= now()
+            ) as oldest_due_at
+        from openqueue.live_jobs as lj
+        group by lj.queue_name
+    ),
+
+    finished as (
+        select
+            fj.queue_name,
+            count(*) filter (where fj.status = 'completed') as completed,
+            count(*) filter (where fj.status = 'dead') as dead,
+            count(*) filter (where fj.status = 'cancelled') as cancelled
+        from openqueue.finished_jobs as fj
+        group by fj.queue_name
+    ),
+
+    names as (
+        select l.queue_name from live as l
+        union
+        select f.queue_name from finished as f
+        union
+        select q.queue_name from openqueue.queues as q
+    )
+
+    select
+        n.queue_name,
+        coalesce(l.pending, 0),
+        coalesce(l.processing, 0),
+        coalesce(l.failed, 0),
+        coalesce(f.completed, 0),
+        coalesce(f.dead, 0),
+        coalesce(f.cancelled, 0),
+        l.oldest_due_at
+    from names as n
+    left join live as l on n.queue_name = l.queue_name
+    left join finished as f on n.queue_name = f.queue_name
+    order by n.queue_name
+$$;
+
+comment on function openqueue.oq_stats() is
+'One row per queue that has jobs or settings: job counts by state, and '
+'oldest_due_at, the earliest run_at among waiting jobs already due (NULL when none is).';
+
+create function openqueue.oq_purge(older_than interval, include_dead boolean default false)
+returns bigint
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_count bigint;
+begin
+    if oq_purge.older_than is null then
+        perform openqueue._raise_null('older_than');
+    elsif oq_purge.older_than < interval '0' then
+        perform openqueue._raise_invalid('older_than', 'must not be negative');
+    end if;
+
+    with purged as (
+        delete from openqueue.finished_jobs as fj
+        where fj.finished_at < now() - oq_purge.older_than
+          and (
+              fj.status in ('completed', 'cancelled')
+              or (fj.status = 'dead' and coalesce(oq_purge.include_dead, false))
+          )
+        returning fj.id, fj.queue_name, fj.idempotency_key
+    ),
+
+    freed as (
+        delete from openqueue.idempotency_keys as ik
+        using purged as p
+        where ik.queue_name = p.queue_name
+          and ik.idempotency_key = p.idempotency_key
+          and ik.job_id = p.id
+    )
+
+    select count(*) into v_count from purged;
+    return v_count;
+end;
+$$;
+
+comment on function openqueue.oq_purge(interval, boolean) is
+'Delete completed and cancelled jobs (and dead ones with include_dead) that '
+'finished before now() - older_than; frees their idempotency keys. Returns '
+'the number of jobs deleted. Errors 22004/22023 for a NULL or negative older_than.';
+
+create function openqueue.oq_next_run_at(queue_names text[])
+returns timestamptz
+language sql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+    -- Reads the lease index of each queue; waiting jobs only.
+    select min(lj.run_at)
+    from openqueue.live_jobs as lj
+    where lj.queue_name = any(oq_next_run_at.queue_names)
+      and lj.status in ('pending', 'failed')
+      and lj.run_at > now()
+$$;
+
+comment on function openqueue.oq_next_run_at(text[]) is
+'The earliest future run_at among waiting jobs of queue_names, or NULL. '
+'Workers sleep until then instead of a whole poll interval.';
+
+-- ---------------------------------------------------------------------------
+-- openqueue.jobs is a view over two tables; these triggers route UPDATE and
+-- DELETE to whichever table holds the job, so that operators (and tests) can
+-- reschedule, edit or remove a job with plain SQL. A state change across the
+-- two tables is refused: that is what oq_cancel / oq_replay / oq_ack are for.
+-- ---------------------------------------------------------------------------
+
+create function openqueue._jobs_view_update()
+returns trigger
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if new.id is distinct from old.id then
+        raise exception using
+            errcode = 'feature_not_supported',
+            message = 'openqueue.jobs: id cannot be changed';
+    end if;
+    if old.finished_at is null then
+        if new.status not in ('pending', 'failed', 'processing') then
+            raise exception using
+                errcode = 'feature_not_supported',
+                message = format('openqueue.jobs: cannot move job %s from %s to %s by UPDATE',
+                                 old.id, old.status, new.status),
+                hint = 'use oq_ack, oq_nack or oq_cancel';
+        end if;
+        update openqueue.live_jobs as lj
+        set
+            queue_name = new.queue_name,
+            payload = new.payload,
+            status = new.status,
+            priority = new.priority,
+            run_at = new.run_at,
+            attempts = new.attempts,
+            max_attempts = new.max_attempts,
+            leased_by = new.leased_by,
+            lease_token = new.lease_token,
+            lease_expires_at = new.lease_expires_at,
+            errors = new.errors,
+            idempotency_key = new.idempotency_key,
+            created_at = new.created_at
+        where lj.id = old.id;
+    else
+        if new.status not in ('completed', 'dead', 'cancelled') then
+            raise exception using
+                errcode = 'feature_not_supported',
+                message = format('openqueue.jobs: cannot move job %s from %s to %s by UPDATE',
+                                 old.id, old.status, new.status),
+                hint = 'use oq_replay';
+        end if;
+        update openqueue.finished_jobs as fj
+        set
+            queue_name = new.queue_name,
+            payload = new.payload,
+            status = new.status,
+            priority = new.priority,
+            run_at = new.run_at,
+            attempts = new.attempts,
+            max_attempts = new.max_attempts,
+            leased_by = new.leased_by,
+            result = new.result,
+            errors = new.errors,
+            idempotency_key = new.idempotency_key,
+            created_at = new.created_at,
+            finished_at = new.finished_at
+        where fj.id = old.id;
+    end if;
+    return new;
+end;
+$$;
+
+comment on function openqueue._jobs_view_update() is
+'Internal: INSTEAD OF UPDATE on openqueue.jobs, routed to the table holding the job.';
+
+create function openqueue._jobs_view_delete()
+returns trigger
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    delete from openqueue.live_jobs as lj where lj.id = old.id;
+    delete from openqueue.finished_jobs as fj where fj.id = old.id;
+    delete from openqueue.idempotency_keys as ik where ik.job_id = old.id;
+    return old;
+end;
+$$;
+
+comment on function openqueue._jobs_view_delete() is
+'Internal: INSTEAD OF DELETE on openqueue.jobs; also frees the job''s idempotency key.';
+
+create trigger jobs_view_update
+instead of update on openqueue.jobs
+for each row execute function openqueue._jobs_view_update();
+
+create trigger jobs_view_delete
+instead of delete on openqueue.jobs
+for each row execute function openqueue._jobs_view_delete();
+
+-- Least privilege: nobody but the owner (and superusers) may call anything
+-- until granted. See README "Permissions" for the grants an application needs.
+revoke all on all functions in schema openqueue from public;
+$oq_0001$;
+        insert into openqueue.schema_migrations (version, name)
+        values (1, '0001_init');
+        raise notice 'openqueue: applied migration 0001_init';
+    end if;
+end
+$oq_install$;
+
+commit;
