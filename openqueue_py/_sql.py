@@ -68,7 +68,9 @@ def _function_call(function: str, args: dict[str, Any], *, table: bool) -> tuple
     return f"select openqueue.{function}({arguments})", sent
 
 
-def _call(function: str, args: dict[str, Any], decode: Callable[[Rows], T], *, table: bool = False) -> Call[T]:
+def _call(
+    function: str, args: dict[str, Any], decode: Callable[[Rows], T], *, table: bool = False
+) -> Call[T]:
     query, params = _function_call(function, args, table=table)
     return Call(query, params, decode)
 

@@ -7,8 +7,8 @@ takes an advisory lock, reads the applied version from
 sql/openqueue.sql``, :func:`install` and ``openqueue install`` all run that same
 file, so there is exactly one install path.
 
-``python -m openqueue_py.migrate`` rewrites ``sql/openqueue.sql`` after a
-migration is added (``make sql``); a test fails when it is out of date.
+``make sql`` (:func:`main`) rewrites ``sql/openqueue.sql`` after a
+migration is added ; a test fails when it is out of date.
 """
 
 from __future__ import annotations
@@ -108,9 +108,7 @@ def render_installer(migrations: list[Migration]) -> str:
         f"            message = format('openqueue schema version %s is newer than this "
         f"installer (version {latest})', v_current),\n"
         "            hint = 'install a newer OpenQueue release';\n"
-        "    end if;\n"
-        + "".join(steps)
-        + "end\n"
+        "    end if;\n" + "".join(steps) + "end\n"
         "$oq_install$;\n\n"
         "commit;\n"
     )

