@@ -528,18 +528,7 @@ begin
     -- waiting on each other; live_jobs_lease_order makes this an index scan
     -- that stops after batch_size due rows.
     return query
-    with candidates as (
-        select lj.id
-        from openqueue.live_jobs as lj
-        where lj.queue_name = oq_lease.queue_name
-          and lj.status in ('pending', 'failed')
-          and lj.run_at <= now()
-        order by lj.priority desc, lj.run_at asc, lj.id asc
-        limit oq_lease.batch_size
-        for update skip locked
-    ),
-
-    leased as (
+    with leased as (
         update openqueue.live_jobs as lj
         set
             status = 'processing',
@@ -547,8 +536,18 @@ begin
             lease_token = gen_random_uuid(),
             leased_by = oq_lease.worker_id,
             lease_expires_at = now() + v_lease
-        from candidates as c
-        where lj.id = c.id
+        -- = any(array(...)) keeps the update a primary-key lookup per
+        -- claimed row, whatever the planner thinks of the table size.
+        where lj.id = any(array(
+            select c.id
+            from openqueue.live_jobs as c
+            where c.queue_name = oq_lease.queue_name
+              and c.status in ('pending', 'failed')
+              and c.run_at <= now()
+            order by c.priority desc, c.run_at asc, c.id asc
+            limit oq_lease.batch_size
+            for update skip locked
+        ))
         returning
             lj.id, lj.payload, lj.priority, lj.attempts, lj.max_attempts,
             lj.run_at, lj.created_at, lj.lease_token, lj.lease_expires_at
@@ -743,19 +742,16 @@ begin
     -- skipped rather than waited for; a later reap sees it if still expired.
 
     -- Attempts used up: straight on to dead, with the error recorded.
-    with expired as (
-        select lj.id
-        from openqueue.live_jobs as lj
-        where lj.status = 'processing'
-          and lj.lease_expires_at < now()
-          and lj.attempts >= lj.max_attempts
-        for update skip locked
-    ),
-
-    dead as (
+    with dead as (
         delete from openqueue.live_jobs as lj
-        using expired as e
-        where lj.id = e.id
+        where lj.id = any(array(
+            select e.id
+            from openqueue.live_jobs as e
+            where e.status = 'processing'
+              and e.lease_expires_at < now()
+              and e.attempts >= e.max_attempts
+            for update skip locked
+        ))
         returning lj.*
     )
 
@@ -772,24 +768,21 @@ begin
     get diagnostics v_dead = row_count;
 
     -- Attempts left: pending again, leasable at once.
-    with expired as (
-        select lj.id
-        from openqueue.live_jobs as lj
-        where lj.status = 'processing'
-          and lj.lease_expires_at < now()
-          and lj.attempts < lj.max_attempts
-        for update skip locked
-    ),
-
-    reclaimed as (
+    with reclaimed as (
         update openqueue.live_jobs as lj
         set
             status = 'pending',
             lease_token = null,
             lease_expires_at = null,
             errors = lj.errors || openqueue._error_entry(lj.attempts, 'lease expired')
-        from expired as e
-        where lj.id = e.id
+        where lj.id = any(array(
+            select e.id
+            from openqueue.live_jobs as e
+            where e.status = 'processing'
+              and e.lease_expires_at < now()
+              and e.attempts < e.max_attempts
+            for update skip locked
+        ))
         returning lj.queue_name
     )
 
