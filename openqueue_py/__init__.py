@@ -10,10 +10,13 @@ from .client_async import AsyncClient
 from .errors import InvalidArgument, NotInstalled, OpenQueueError, SchemaTooNew, WorkerError
 from .migrate import install
 from .models import Job, JobRecord, JobState, Leased, QueueStats
+from .worker import AsyncWorker, Fail, Retry, Worker
 
 __all__ = [
     "AsyncClient",
+    "AsyncWorker",
     "Client",
+    "Fail",
     "InvalidArgument",
     "Job",
     "JobRecord",
@@ -22,7 +25,9 @@ __all__ = [
     "NotInstalled",
     "OpenQueueError",
     "QueueStats",
+    "Retry",
     "SchemaTooNew",
+    "Worker",
     "WorkerError",
     "install",
 ]

@@ -5,9 +5,15 @@ Every command takes ``--dsn`` or reads ``OPENQUEUE_DSN``.
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import json
+import logging
+import os
 import sys
+from collections.abc import Mapping
 from datetime import timedelta
+from typing import Any
 
 import click
 import psycopg
@@ -176,6 +182,152 @@ def replay_command(dsn: str, job_id: int) -> None:
     if not done:
         _fail(f"job {job_id} is not dead or cancelled")
     click.echo(f"replayed job {job_id}")
+
+
+# -- worker ------------------------------------------------------------------
+
+
+def _import_object(spec: str, option: str) -> Any:
+    """``module:attribute`` (the attribute may be dotted) -> the object."""
+    module_name, colon, attribute = spec.partition(":")
+    if not colon or not module_name or not attribute:
+        raise click.BadParameter(f"{spec!r} is not of the form module:attribute", param_hint=option)
+    try:
+        target: Any = importlib.import_module(module_name)
+    except Exception as exc:
+        raise click.BadParameter(
+            f"cannot import module {module_name!r} ({type(exc).__name__}: {exc})", param_hint=option
+        ) from exc
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError as exc:
+            raise click.BadParameter(
+                f"{module_name!r} has no attribute {attribute!r}", param_hint=option
+            ) from exc
+    return target
+
+
+def _worker_handlers(queue_specs: tuple[str, ...], app: str | None) -> dict[str, Any]:
+    handlers: dict[str, Any] = {}
+    if app is not None:
+        found = _import_object(app, "--app")
+        if not isinstance(found, Mapping):
+            raise click.BadParameter(f"{app!r} is not a dict of queue name -> handler", param_hint="--app")
+        handlers.update(found)
+    for spec in queue_specs:
+        name, equals, target = spec.partition("=")
+        if not equals or not name or not target:
+            raise click.BadParameter(
+                f"{spec!r} is not of the form NAME=module:function", param_hint="--queue"
+            )
+        if name in handlers:
+            raise click.BadParameter(f"queue {name!r} is given twice", param_hint="--queue")
+        handlers[name] = _import_object(target, "--queue")
+    if not handlers:
+        raise click.UsageError("give at least one --queue NAME=module:function, or --app module:handlers")
+    for name, handler in handlers.items():
+        if not callable(handler):
+            raise click.BadParameter(f"the handler for queue {name!r} is not callable: {handler!r}")
+    return handlers
+
+
+@main.command("worker")
+@dsn_option
+@click.option(
+    "--queue",
+    "queue_specs",
+    multiple=True,
+    metavar="NAME=MODULE:FUNCTION",
+    help="A queue and its handler; repeat for more queues.",
+)
+@click.option("--app", default=None, metavar="MODULE:HANDLERS", help="A dict of queue name -> handler.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=5.0,
+    show_default=True,
+    help="Seconds between polls when no notification arrives.",
+)
+@click.option(
+    "--grace-period",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds a stop waits for in-flight jobs.",
+)
+@click.option("--lease-seconds", type=int, default=None, help="Lease length (default: each queue's setting).")
+@click.option(
+    "--reap-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=5.0,
+    show_default=True,
+    help="Seconds between oq_reap() calls.",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Most jobs per lease call.")
+@click.option("--worker-id", default=None, help="Recorded as leased_by (default host:pid:random).")
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="INFO",
+    show_default=True,
+)
+def worker_command(
+    dsn: str,
+    queue_specs: tuple[str, ...],
+    app: str | None,
+    concurrency: int,
+    poll_interval: float,
+    grace_period: float,
+    lease_seconds: int | None,
+    reap_interval: float,
+    batch_size: int | None,
+    worker_id: str | None,
+    log_level: str,
+) -> None:
+    """Run handlers for queues until SIGTERM or SIGINT (a second one exits at once).
+
+    Handlers are plain functions (run in threads) or all async functions
+    (run on an event loop); mixing the two is refused. Exit status 0 after
+    a clean shutdown.
+    """
+    from .worker import AsyncWorker, LogFormatter, Worker, _is_async_callable
+
+    # Like `python -m`, find handler modules in the current directory.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    handlers = _worker_handlers(queue_specs, app)
+    kinds = {_is_async_callable(handler) for handler in handlers.values()}
+    if len(kinds) > 1:
+        raise click.UsageError(
+            "handlers mix async and plain functions; run them in two workers "
+            "(async: " + ", ".join(q for q, h in handlers.items() if _is_async_callable(h)) + ")"
+        )
+
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(LogFormatter())
+    root = logging.getLogger()
+    root.addHandler(stream)
+    root.setLevel(log_level.upper())
+
+    options: dict[str, Any] = {
+        "concurrency": concurrency,
+        "poll_interval": poll_interval,
+        "grace_period": grace_period,
+        "lease_seconds": lease_seconds,
+        "reap_interval": reap_interval,
+        "batch_size": batch_size,
+        "worker_id": worker_id,
+    }
+    try:
+        if kinds == {True}:
+            async_worker = AsyncWorker(dsn, handlers, **options)
+            asyncio.run(async_worker.run())
+        else:
+            Worker(dsn, handlers, **options).run()
+    except OpenQueueError as exc:
+        _fail(str(exc))
 
 
 if __name__ == "__main__":  # pragma: no cover
