@@ -96,8 +96,12 @@ logger = logging.getLogger("openqueue.worker")
 
 T = TypeVar("T")
 
-# The channel oq_enqueue, oq_reap and oq_replay notify; the payload is a queue name.
-LISTEN_STATEMENT = "listen openqueue"
+# Channels, with a queue name as payload: ``openqueue`` when jobs became due
+# (oq_enqueue, oq_reap, oq_replay), ``openqueue_scheduled`` when a job was
+# added for later (oq_enqueue with a future run_at, oq_nack's retries).
+DUE_CHANNEL = "openqueue"
+SCHEDULED_CHANNEL = "openqueue_scheduled"
+LISTEN_STATEMENT = f"listen {DUE_CHANNEL}; listen {SCHEDULED_CHANNEL}"
 
 # Errors after which the same call may well succeed: the connection dropped,
 # the server is restarting, a pool or socket timed out.
@@ -656,9 +660,13 @@ class _Core:
                 # Anything enqueued while we were not listening is found by a lease round.
                 self._mark_all_ready()
                 async for notify in conn.notifies():
-                    if notify.payload in self.handlers:
+                    if notify.payload not in self.handlers:
+                        continue
+                    if notify.channel == SCHEDULED_CHANNEL:
+                        self._schedule_stale = True  # maybe sooner than the current timer
+                    else:
                         self._ready.add(notify.payload)
-                        self._wake.set()
+                    self._wake.set()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -435,8 +435,12 @@ begin
         oq_enqueue.idempotency_key
     );
 
+    -- Due now: wake a worker. Due later: tell sleeping workers on a second
+    -- channel, so that they shorten their sleep to the new run_at.
     if v_run_at <= now() then
         perform pg_notify('openqueue', oq_enqueue.queue_name);
+    else
+        perform pg_notify('openqueue_scheduled', oq_enqueue.queue_name);
     end if;
     return v_id;
 end;
@@ -447,8 +451,8 @@ comment on function openqueue.oq_enqueue(text, jsonb, integer, timestamptz, inte
 'leases first. run_at (default now()): not leased before then. max_attempts '
 '(NULL: the queue''s setting, 5 unless configured). idempotency_key: if the '
 'queue already stores a job with this key, its id is returned and nothing is '
-'inserted. Sends NOTIFY openqueue, queue_name when the job is due now (on '
-'commit). Errors 22004/22023 for a NULL or bad queue_name, NULL payload, '
+'inserted. Sends NOTIFY openqueue, queue_name when the job is due now, or '
+'NOTIFY openqueue_scheduled, queue_name when it is due later (on commit). Errors 22004/22023 for a NULL or bad queue_name, NULL payload, '
 'max_attempts < 1.';
 
 create function openqueue.oq_enqueue_batch(
@@ -514,6 +518,8 @@ begin
     get diagnostics v_count = row_count;
     if v_count > 0 and v_run_at <= now() then
         perform pg_notify('openqueue', oq_enqueue_batch.queue_name);
+    elsif v_count > 0 then
+        perform pg_notify('openqueue_scheduled', oq_enqueue_batch.queue_name);
     end if;
 end;
 $$;
@@ -745,6 +751,7 @@ begin
             lease_expires_at = null,
             errors = v_errors
         where lj.id = v_job.id;
+        perform pg_notify('openqueue_scheduled', v_job.queue_name);
         return 'failed';
     end if;
 

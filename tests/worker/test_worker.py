@@ -138,6 +138,25 @@ def test_scheduled_job_runs_within_half_a_second_of_its_run_at(
     wait_until(lambda: job_row(conn, job_id)["status"] == "completed", timeout=10)
 
 
+def test_job_scheduled_while_the_worker_sleeps_runs_on_time(
+    dsn: str, client: Client, conn: psycopg.Connection, events: Events
+) -> None:
+    """A future job added to an idle worker's queue shortens its 60 s sleep."""
+    ran_at: list[float] = []
+
+    def handle(job: Job) -> None:
+        ran_at.append(time.time())
+
+    with running(make_worker(dsn, {"later": handle}, poll_interval=60)):
+        wait_until(lambda: events.named("worker.listening"), timeout=30, what="LISTEN")
+        time.sleep(0.3)  # let the worker settle into its idle sleep
+        run_at = conn.execute("select now() + interval '2 seconds'").fetchone()[0]
+        client.enqueue("later", {}, run_at=run_at)
+        wait_until(lambda: ran_at, timeout=10, what="the scheduled job")
+    late = ran_at[0] - run_at.timestamp()
+    assert -0.05 <= late < 0.5, f"ran {late:.3f} s after run_at"
+
+
 def test_notification_wakes_the_worker_long_before_the_poll_interval(
     dsn: str, client: Client, events: Events
 ) -> None:
