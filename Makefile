@@ -25,6 +25,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/python -c 'import sys; from openqueue_py.migrate import main; sys.exit(main(["--check"]))'
 
+## bench: wake-up latency and throughput benchmarks (embedded PostgreSQL; results in bench/out/)
+bench: $(STAMP)
+	mkdir -p bench/out
+	$(BIN)/python -m bench.latency | tee bench/out/latency.json
+	$(BIN)/python -m bench.throughput | tee bench/out/throughput.json
+
 ## sql: regenerate sql/openqueue.sql from sql/migrations/
 sql: $(STAMP)
 	$(BIN)/python -c 'import sys; from openqueue_py.migrate import main; sys.exit(main([]))'
