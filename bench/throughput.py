@@ -32,22 +32,10 @@ def measure(dsn: str, kind: str, jobs: int, processes: int, concurrency: int, ba
     queue = f"throughput_{kind}"
     preload(dsn, queue, jobs)
     started = time.monotonic()
-    workers = [
-        spawn(
-            "bench.worker_proc",
-            "--dsn",
-            dsn,
-            "--queue",
-            queue,
-            "--kind",
-            kind,
-            "--concurrency",
-            str(concurrency),
-            "--batch-size",
-            str(batch_size),
-        )  # fmt: skip
-        for _ in range(processes)
-    ]
+    options = {"--dsn": dsn, "--queue": queue, "--kind": kind}
+    options |= {"--concurrency": str(concurrency), "--batch-size": str(batch_size)}
+    arguments = [item for pair in options.items() for item in pair]
+    workers = [spawn("bench.worker_proc", *arguments) for _ in range(processes)]
     try:
         wait_until_drained(dsn, queue, jobs, timeout=900)
         wall = time.monotonic() - started
