@@ -132,8 +132,14 @@ def install(conninfo_or_connection: ConnectionSource) -> None:
     with connection_from(conninfo_or_connection, autocommit=True) as conn:
         if not conn.autocommit:
             raise InvalidArgument("install() needs a connection that is not inside a transaction")
-        with _mapped_errors():
-            conn.execute(installer_sql().encode())
+        try:
+            with _mapped_errors():
+                conn.execute(installer_sql().encode())
+        finally:
+            # A failed run leaves the installer's own BEGIN open (aborted):
+            # end it, so that the caller's connection is usable again.
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                conn.rollback()
 
 
 async def install_async(conn: psycopg.AsyncConnection) -> None:
@@ -146,6 +152,8 @@ async def install_async(conn: psycopg.AsyncConnection) -> None:
         with _mapped_errors():
             await conn.execute(installer_sql().encode())
     finally:
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            await conn.rollback()  # the installer's own BEGIN, left open by a failure
         await conn.set_autocommit(previous)
 
 
@@ -162,10 +170,12 @@ def _mapped_errors() -> Iterator[None]:
 
 def installed_version(conn: psycopg.Connection) -> int:
     """The schema version a database holds (0 when OpenQueue is not installed)."""
-    row = conn.execute(
-        "select case when to_regclass('openqueue.schema_migrations') is null then 0 "
-        "else (select coalesce(max(version), 0) from openqueue.schema_migrations) end"
-    ).fetchone()
+    # Two statements: a query naming a missing table fails at parse time,
+    # whatever CASE would have chosen.
+    exists = conn.execute("select to_regclass('openqueue.schema_migrations') is not null").fetchone()
+    if not (exists and exists[0]):
+        return 0
+    row = conn.execute("select coalesce(max(version), 0) from openqueue.schema_migrations").fetchone()
     return int(row[0]) if row else 0
 
 
