@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import re
+import shlex
+import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from openqueue_py import Client, Job, Worker
+from openqueue_py import Client, Worker
 
 from .conftest import wait_until
 
@@ -18,7 +22,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 def _worker_blocks() -> list[str]:
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S) if README.exists() else []
-    return [b for b in blocks if "Worker(" in b and "worker.stop()" not in b and "AsyncWorker(" not in b]
+    return [b for b in blocks if "worker.run()" in b and "AsyncWorker(" not in b]
 
 
 @pytest.mark.parametrize(
@@ -28,12 +32,7 @@ def _worker_blocks() -> list[str]:
 )
 def test_readme_worker_example_runs_until_stopped(index: int, dsn: str, client: Client) -> None:
     block = _worker_blocks()[index]
-    handled: list[Any] = []
-
-    def handle(job: Job) -> None:
-        handled.append(job.payload)
-
-    namespace: dict[str, Any] = {"dsn": dsn, "handle": handle, "send_email": handle}
+    namespace: dict[str, Any] = {"dsn": dsn}
     errors: list[BaseException] = []
 
     def run() -> None:
@@ -51,9 +50,12 @@ def test_readme_worker_example_runs_until_stopped(index: int, dsn: str, client: 
             what="the example's Worker",
         )
         assert not errors, errors
-        for queue in worker.queues:
-            client.enqueue(queue, {"queue": queue})
-        wait_until(lambda: len(handled) >= len(worker.queues) or errors, timeout=30, what="the jobs")
+        ids = [client.enqueue(queue, {"queue": queue, "to": "ada@example.com"}) for queue in worker.queues]
+        wait_until(
+            lambda: all(client.get_job(i).status == "completed" for i in ids) or errors,
+            timeout=30,
+            what="the jobs",
+        )
     finally:
         for value in list(namespace.values()):
             if isinstance(value, Worker):
@@ -61,3 +63,35 @@ def test_readme_worker_example_runs_until_stopped(index: int, dsn: str, client: 
         thread.join(30)
     assert not errors, errors
     assert not thread.is_alive()
+
+
+def _cli_worker_command() -> str:
+    blocks = re.findall(r"```sh\n(.*?)```", README.read_text(), re.S)
+    commands = [line for b in blocks for line in b.splitlines() if line.startswith("openqueue worker ")]
+    assert commands, "README.md shows no `openqueue worker` command"
+    return commands[0]
+
+
+def test_readme_cli_worker_example_runs_as_written(dsn: str, client: Client) -> None:
+    command = _cli_worker_command()
+    argv = shlex.split(command.replace('"$DSN"', shlex.quote(dsn)))
+    argv[0] = str(Path(sys.executable).with_name("openqueue"))
+    process = subprocess.Popen(
+        argv, cwd=README.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        good = client.enqueue("send_email", {"to": "ada@example.com"})
+        bad = client.enqueue("send_email", {"to": "nobody"})
+        wait_until(
+            lambda: client.get_job(good).status == "completed" and client.get_job(bad).status == "dead",
+            timeout=60,
+            what="the README CLI worker to process both jobs",
+        )
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, output
+    assert client.get_job(good).result == {"sent_to": "ada@example.com"}
