@@ -30,35 +30,8 @@ are ``extra`` attributes: ``event``, ``worker_id``, ``job_id``, ``queue``,
 ``attempt``, ``duration_s``, ``outcome``, ``error``. :class:`LogFormatter`
 prints them as ``key=value`` pairs.
 
-================================  ========  ======================================================
-event                             level     meaning
-================================  ========  ======================================================
-``worker.started``                INFO      run() began (``queues``, ``concurrency``)
-``worker.listening``              INFO      LISTEN openqueue is active (again)
-``worker.listen_lost``            WARNING   the LISTEN connection failed; reconnecting
-``worker.db_error``               WARNING   a database call failed; retrying with backoff
-``worker.db_recovered``           INFO      the database answers again
-``worker.leased``                 DEBUG     one oq_lease call returned ``count`` jobs of ``queue``
-``worker.reaped``                 INFO      oq_reap() reclaimed ``count`` expired leases
-``worker.signal``                 INFO      SIGTERM/SIGINT received: graceful stop
-``worker.stopping``               INFO      no more leasing; waiting for in-flight jobs
-``worker.grace_expired``          WARNING   grace_period over; remaining jobs abandoned
-``worker.exit_now``               WARNING   second signal: the process exits immediately
-``worker.stopped``                INFO      run() is returning
-``job.started``                   DEBUG     a handler was called
-``job.heartbeat``                 DEBUG     the lease was extended (``lease_expires_at``)
-``job.completed``                 INFO      acked (outcome ``completed``)
-``job.retry``                     INFO      the handler raised Retry; nacked (``failed``)
-``job.failed``                    WARNING   the handler raised; nacked, will be retried
-``job.dead``                      ERROR     the handler raised (or Fail); no attempts left
-``job.lease_lost``                WARNING   a heartbeat found the lease gone; no ack will follow
-``job.discarded``                 WARNING   the handler finished after its lease was lost
-``job.ack_rejected``              WARNING   ack/nack answered false/NULL: the lease is gone
-``job.result_not_json``           WARNING   the return value is not JSON; acked with NULL
-``job.settle_retry``              WARNING   ack/nack failed on a database error; retrying
-``job.settle_failed``             ERROR     ack/nack failed for good; the lease will expire
-``job.abandoned``                 WARNING   stopped before the job finished; the lease will expire
-================================  ========  ======================================================
+The events, their levels and meanings are listed in README.md ("Logging");
+a test keeps that table and this module in step.
 """
 
 from __future__ import annotations
