@@ -18,7 +18,6 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import psycopg
@@ -40,11 +39,12 @@ class Migration:
 
 
 def _sql_dir() -> Path:
-    """sql/ of a source checkout, or its copy installed as openqueue_py.sql."""
-    checkout = Path(__file__).resolve().parent.parent / "sql"
-    if (checkout / "migrations" / "0001_init.sql").is_file():
-        return checkout
-    return Path(str(resources.files("openqueue_py.sql")))
+    """openqueue_py/sql of an installed package, or sql/ of a source checkout."""
+    package = Path(__file__).resolve().parent
+    installed = package / "sql"
+    if (installed / "openqueue.sql").is_file():
+        return installed
+    return package.parent / "sql"
 
 
 def load_migrations(directory: Path | None = None) -> list[Migration]:
