@@ -13,6 +13,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from . import _sql
+from .errors import OpenQueueError
 from .migrate import install
 from .models import JobRecord, Leased, QueueStats
 
@@ -43,6 +44,7 @@ class Client:
         self._conn: psycopg.Connection | None = None
         self._pool: ConnectionPool | None = None
         self._owns_pool = False
+        self._closed = False
         if isinstance(source, str):
             self._pool = ConnectionPool(
                 source,
@@ -70,6 +72,8 @@ class Client:
                 yield self._conn
             return
         assert self._pool is not None
+        if self._closed:
+            raise OpenQueueError("this client is closed; create a new one")
         if self._owns_pool and self._pool.closed:
             with self._lock:
                 if self._pool.closed:
@@ -84,7 +88,8 @@ class Client:
             return call.decode(own.execute(call.query, call.params).fetchall())
 
     def close(self) -> None:
-        """Close the pool this client opened (not one it was given)."""
+        """Close the pool this client opened (not one it was given); final."""
+        self._closed = True
         if self._owns_pool and self._pool is not None:
             self._pool.close()
 

@@ -13,6 +13,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from . import _sql
+from .errors import OpenQueueError
 from .migrate import install_async
 from .models import JobRecord, Leased, QueueStats
 
@@ -39,6 +40,7 @@ class AsyncClient:
         self._conn: psycopg.AsyncConnection | None = None
         self._pool: AsyncConnectionPool | None = None
         self._owns_pool = False
+        self._closed = False
         if isinstance(source, str):
             self._pool = AsyncConnectionPool(
                 source,
@@ -68,6 +70,8 @@ class AsyncClient:
                 yield self._conn
             return
         assert self._pool is not None
+        if self._closed:
+            raise OpenQueueError("this client is closed; create a new one")
         if self._owns_pool and self._pool.closed:
             async with self._lock:
                 if self._pool.closed:
@@ -84,7 +88,8 @@ class AsyncClient:
             return call.decode(await cursor.fetchall())
 
     async def close(self) -> None:
-        """Close the pool this client opened (not one it was given)."""
+        """Close the pool this client opened (not one it was given); final."""
+        self._closed = True
         if self._owns_pool and self._pool is not None:
             await self._pool.close()
 

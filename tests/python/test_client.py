@@ -665,3 +665,11 @@ def test_timezone_aware_run_at_in_any_zone(client):
     job_id = client.enqueue("tz", {}, run_at=run_at)
     assert client.get_job(job_id).run_at == run_at
     assert client.get_job(job_id).run_at == run_at.astimezone(UTC)
+
+
+def test_a_closed_client_says_so(dsn: str) -> None:
+    client = Client(dsn)
+    client.enqueue("closing", {})
+    client.close()
+    with pytest.raises(OpenQueueError, match="closed"):
+        client.enqueue("closing", {})

@@ -253,3 +253,14 @@ def test_async_client_closes_the_pool_it_owns(dsn, conn):
 def test_async_client_refuses_other_sources():
     with pytest.raises(TypeError):
         AsyncClient(object())
+
+
+def test_a_closed_async_client_says_so(dsn: str) -> None:
+    async def scenario() -> None:
+        client = AsyncClient(dsn)
+        await client.enqueue("closing", {})
+        await client.close()
+        with pytest.raises(OpenQueueError, match="closed"):
+            await client.enqueue("closing", {})
+
+    asyncio.run(scenario())
