@@ -1080,16 +1080,57 @@ comment on function openqueue.oq_purge(interval, boolean) is
 
 create function openqueue.oq_next_run_at(queue_names text[])
 returns timestamptz
-language sql
+language plpgsql
 stable
 set search_path = pg_catalog, pg_temp
 as $$
-    -- Reads the lease index of each queue; waiting jobs only.
-    select min(lj.run_at)
-    from openqueue.live_jobs as lj
-    where lj.queue_name = any(oq_next_run_at.queue_names)
-      and lj.status in ('pending', 'failed')
-      and lj.run_at > now()
+declare
+    v_queue text;
+    v_priority integer;
+    v_run_at timestamptz;
+    v_next timestamptz;
+begin
+    if oq_next_run_at.queue_names is null then
+        perform openqueue._raise_null('queue_names');
+    end if;
+    -- A skip scan over live_jobs_lease_order: for each queue, visit each
+    -- distinct priority once and take the first future run_at within it.
+    -- Every step is one index descent, so the cost grows with the number of
+    -- priorities in use, not with the number of scheduled jobs.
+    foreach v_queue in array oq_next_run_at.queue_names loop
+        select lj.priority into v_priority
+        from openqueue.live_jobs as lj
+        where lj.queue_name = v_queue
+          and lj.status in ('pending', 'failed')
+        order by lj.priority desc
+        limit 1;
+        while v_priority is not null loop
+            select lj.run_at into v_run_at
+            from openqueue.live_jobs as lj
+            where lj.queue_name = v_queue
+              and lj.status in ('pending', 'failed')
+              and lj.priority = v_priority
+              and lj.run_at > now()
+            order by lj.run_at
+            limit 1;
+            if v_run_at is not null and (v_next is null or v_run_at < v_next) then
+                v_next := v_run_at;
+            end if;
+            v_run_at := null;
+            select lj.priority into v_priority
+            from openqueue.live_jobs as lj
+            where lj.queue_name = v_queue
+              and lj.status in ('pending', 'failed')
+              and lj.priority < v_priority
+            order by lj.priority desc
+            limit 1;
+            if not found then
+                v_priority := null;
+            end if;
+        end loop;
+    end loop;
+    return v_next;
+end;
 $$;
 
 comment on function openqueue.oq_next_run_at(text[]) is
