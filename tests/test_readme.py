@@ -39,3 +39,31 @@ def test_readme_python_example_runs(index: int, dsn: str, conn: psycopg.Connecti
         assert rows == [({"order": 42},)]
     if client is not None:
         client.close()
+
+
+def _psql_session() -> list[str]:
+    """The statements of the README's psql session, in order."""
+    session = re.search(r"## The SQL API, from psql\n\n```text\n(.*?)```", README.read_text(), re.S)
+    assert session, "README.md has no psql session"
+    statements, current = [], ""
+    for line in session[1].splitlines():
+        if line.startswith("=# "):
+            current = line[3:]
+        elif current and line.startswith(" "):
+            current += " " + line.strip()
+        else:
+            continue
+        if current.endswith(";"):
+            statements.append(current)
+            current = ""
+    return statements
+
+
+def test_readme_psql_session_runs_in_psql(psql) -> None:
+    enqueue, lease, ack, stats = _psql_session()
+    assert psql(enqueue).stdout.strip() == "1"
+    job_id, payload, attempts, token = psql(lease).stdout.strip().split("|")
+    assert (job_id, payload, attempts) == ("1", '{"to": "ada@example.com"}', "1")
+    shown_token = re.search(r"lease_token => '([0-9a-f-]+)'", ack)[1]
+    assert psql(ack.replace(shown_token, token)).stdout.strip() == "t"
+    assert psql(stats).stdout.strip() == "emails|0|0|1"
