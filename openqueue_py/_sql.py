@@ -60,19 +60,14 @@ _TYPES = {
 }
 
 
-def _function_call(function: str, args: dict[str, Any], *, table: bool) -> tuple[str, dict]:
-    sent = {name: value for name, value in args.items() if value is not None}
-    arguments = ", ".join(f"{name} => %({name})s::{_TYPES[name]}" for name in sent)
-    if table:
-        return f"select * from openqueue.{function}({arguments})", sent
-    return f"select openqueue.{function}({arguments})", sent
-
-
 def _call(
     function: str, args: dict[str, Any], decode: Callable[[Rows], T], *, table: bool = False
 ) -> Call[T]:
-    query, params = _function_call(function, args, table=table)
-    return Call(query, params, decode)
+    """``openqueue.<function>(name => value, ...)`` for the arguments that are not None."""
+    sent = {name: value for name, value in args.items() if value is not None}
+    arguments = ", ".join(f"{name} => %({name})s::{_TYPES[name]}" for name in sent)
+    select = "select * from" if table else "select"
+    return Call(f"{select} openqueue.{function}({arguments})", sent, decode)
 
 
 # -- argument checks Python can make before any SQL runs ----------------------

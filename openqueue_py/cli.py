@@ -11,9 +11,10 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import psycopg
@@ -30,9 +31,18 @@ dsn_option = click.option(
 )
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.echo(f"openqueue: {message}", err=True)
     sys.exit(1)
+
+
+@contextmanager
+def _reported() -> Iterator[None]:
+    """Turn a database or OpenQueue error into a one-line message and exit status 1."""
+    try:
+        yield
+    except (psycopg.Error, OpenQueueError) as exc:
+        _fail(str(exc))
 
 
 @click.group()
@@ -45,13 +55,10 @@ def main() -> None:
 @dsn_option
 def install_command(dsn: str) -> None:
     """Install or upgrade the openqueue schema (same as psql -f sql/openqueue.sql)."""
-    try:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            before = installed_version(conn)
-            install(conn)
-            after = installed_version(conn)
-    except (psycopg.Error, OpenQueueError) as exc:
-        _fail(str(exc))
+    with _reported(), psycopg.connect(dsn, autocommit=True) as conn:
+        before = installed_version(conn)
+        install(conn)
+        after = installed_version(conn)
     if before == after:
         click.echo(f"openqueue schema is up to date (version {after})")
     else:
@@ -80,16 +87,13 @@ def enqueue_command(
         value = json.loads(payload)
     except json.JSONDecodeError as exc:
         _fail(f"--payload is not valid JSON: {exc}")
-    try:
-        with Client(dsn) as client:
-            run_at = None
-            if delay is not None:
-                with client.connection() as conn:
-                    row = conn.execute("select now() + %s", (timedelta(seconds=delay),)).fetchone()
-                    run_at = row[0] if row else None
-            job_id = client.enqueue(queue_name, value, priority, run_at, max_attempts, idempotency_key)
-    except (psycopg.Error, OpenQueueError) as exc:
-        _fail(str(exc))
+    with _reported(), Client(dsn) as client:
+        run_at = None
+        if delay is not None:
+            with client.connection() as conn:
+                row = conn.execute("select now() + %s", (timedelta(seconds=delay),)).fetchone()
+                run_at = row[0] if row else None
+        job_id = client.enqueue(queue_name, value, priority, run_at, max_attempts, idempotency_key)
     click.echo(job_id)
 
 
@@ -98,11 +102,8 @@ def enqueue_command(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def stats_command(dsn: str, as_json: bool) -> None:
     """Job counts per queue and state."""
-    try:
-        with Client(dsn) as client:
-            rows = client.stats()
-    except (psycopg.Error, OpenQueueError) as exc:
-        _fail(str(exc))
+    with _reported(), Client(dsn) as client:
+        rows = client.stats()
     if as_json:
         click.echo(
             json.dumps(
@@ -134,11 +135,8 @@ def stats_command(dsn: str, as_json: bool) -> None:
 @dsn_option
 def reap_command(dsn: str) -> None:
     """Reclaim jobs whose lease expired; print how many."""
-    try:
-        with Client(dsn) as client:
-            click.echo(client.reap())
-    except (psycopg.Error, OpenQueueError) as exc:
-        _fail(str(exc))
+    with _reported(), Client(dsn) as client:
+        click.echo(client.reap())
 
 
 @main.command("purge")
@@ -147,11 +145,8 @@ def reap_command(dsn: str) -> None:
 @click.option("--include-dead", is_flag=True, help="Delete dead jobs too.")
 def purge_command(dsn: str, older_than: float, include_dead: bool) -> None:
     """Delete finished jobs older than --older-than seconds; print how many."""
-    try:
-        with Client(dsn) as client:
-            click.echo(client.purge(timedelta(seconds=older_than), include_dead))
-    except (psycopg.Error, OpenQueueError) as exc:
-        _fail(str(exc))
+    with _reported(), Client(dsn) as client:
+        click.echo(client.purge(timedelta(seconds=older_than), include_dead))
 
 
 @main.command("cancel")
@@ -159,11 +154,8 @@ def purge_command(dsn: str, older_than: float, include_dead: bool) -> None:
 @click.argument("job_id", type=int)
 def cancel_command(dsn: str, job_id: int) -> None:
     """Cancel a pending, failed or processing job."""
-    try:
-        with Client(dsn) as client:
-            done = client.cancel(job_id)
-    except (psycopg.Error, OpenQueueError) as exc:
-        _fail(str(exc))
+    with _reported(), Client(dsn) as client:
+        done = client.cancel(job_id)
     if not done:
         _fail(f"job {job_id} is not pending, failed or processing")
     click.echo(f"cancelled job {job_id}")
@@ -174,11 +166,8 @@ def cancel_command(dsn: str, job_id: int) -> None:
 @click.argument("job_id", type=int)
 def replay_command(dsn: str, job_id: int) -> None:
     """Put a dead or cancelled job back to pending."""
-    try:
-        with Client(dsn) as client:
-            done = client.replay(job_id)
-    except (psycopg.Error, OpenQueueError) as exc:
-        _fail(str(exc))
+    with _reported(), Client(dsn) as client:
+        done = client.replay(job_id)
     if not done:
         _fail(f"job {job_id} is not dead or cancelled")
     click.echo(f"replayed job {job_id}")
@@ -320,14 +309,12 @@ def worker_command(
         "batch_size": batch_size,
         "worker_id": worker_id,
     }
-    try:
+    with _reported():
         if kinds == {True}:
             async_worker = AsyncWorker(dsn, handlers, **options)
             asyncio.run(async_worker.run())
         else:
             Worker(dsn, handlers, **options).run()
-    except OpenQueueError as exc:
-        _fail(str(exc))
 
 
 if __name__ == "__main__":  # pragma: no cover

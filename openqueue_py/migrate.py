@@ -8,7 +8,7 @@ sql/openqueue.sql``, :func:`install` and ``openqueue install`` all run that same
 file, so there is exactly one install path.
 
 ``make sql`` (:func:`main`) rewrites ``sql/openqueue.sql`` after a
-migration is added ; a test fails when it is out of date.
+migration is added; a test fails when it is out of date.
 """
 
 from __future__ import annotations
