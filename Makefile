@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint sql fmt bench clean
+.PHONY: test lint sql fmt bench chaos clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ bench: $(STAMP)
 	mkdir -p bench/out
 	$(BIN)/python -m bench.latency | tee bench/out/latency.json
 	$(BIN)/python -m bench.throughput | tee bench/out/throughput.json
+
+## chaos: a bounded chaos run with a printed summary (CHAOS_SECONDS=300 for longer, CHAOS_SEED=n to replay)
+CHAOS_SECONDS ?= 60
+chaos: $(STAMP)
+	CHAOS_SECONDS=$(CHAOS_SECONDS) $(BIN)/python -m pytest tests/chaos -s -p no:cacheprovider
 
 ## sql: regenerate sql/openqueue.sql from sql/migrations/
 sql: $(STAMP)

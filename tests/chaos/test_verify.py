@@ -1,0 +1,85 @@
+"""The chaos accounting catches what it is there to catch (no database needed)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from .verify import LEASE_EXPIRED, Evidence, Execution, Fault, JobRow, percentile, verify
+
+FAIL = "ChaosFailure: ChaosFailure job=2 attempt=1\n\nTraceback ..."
+
+
+def clean() -> Evidence:
+    """Job 1 ran once; job 2 failed once, then its second run was killed, the third completed it."""
+    return Evidence(
+        acked={"p0-0": 1, "p0-1": 2},
+        ack_conflicts=(),
+        jobs=(
+            JobRow(1, "p0-0", "completed", 1, (), {"pid": 10, "attempt": 1}),
+            JobRow(2, "p0-1", "completed", 3, ((1, FAIL), (2, LEASE_EXPIRED)), {"pid": 12, "attempt": 3}),
+        ),
+        executions=(
+            Execution(1, 1, 10, "ok", 100.0),
+            Execution(2, 1, 10, "fail", 100.0),
+            Execution(2, 2, 11, "ok", 101.0),
+            Execution(2, 3, 12, "ok", 105.0),
+        ),
+        faults=(Fault("kill", 11, "w1", 101.5, None, ((2, 2),)),),
+    )
+
+
+def test_a_clean_run_passes_and_explains_the_killed_execution() -> None:
+    verdict = verify(clean(), recovery_bound_s=34)
+    assert verdict.violations == []
+    assert verdict.counts["executions"] == 4 and verdict.counts["failures"] == 1
+    assert verdict.counts["extra"] == 1 and verdict.counts["extra: killed"] == 1
+    assert verdict.kill_recovery == [3.5]
+
+
+def test_a_lost_job_a_duplicate_and_an_unfinished_job_are_violations() -> None:
+    evidence = clean()
+    jobs = (
+        evidence.jobs[0],
+        JobRow(3, "p0-0", "completed", 1, (), {"pid": 10, "attempt": 1}),
+        JobRow(4, "p0-2", "pending", 0, (), None),
+    )
+    verdict = verify(replace(evidence, jobs=jobs, acked={**evidence.acked, "p0-2": 4}), 34)
+    text = "\n".join(verdict.violations)
+    assert "lost jobs" in text and "p0-1" in text
+    assert "duplicated jobs" in text and "unfinished jobs" in text
+    assert (
+        verdict.counts["lost"] == 1
+        and verdict.counts["duplicated"] == 1
+        and verdict.counts["unfinished"] == 1
+    )
+
+
+def test_an_extra_execution_without_an_expired_lease_is_a_violation() -> None:
+    evidence = clean()
+    # Attempt 1 of job 2 was nacked with the failure text, but the ledger says it succeeded.
+    executions = tuple(
+        replace(e, outcome="ok") if (e.job_id, e.attempt) == (2, 1) else e for e in evidence.executions
+    )
+    verdict = verify(replace(evidence, executions=executions), 34)
+    assert any("not explained" in v for v in verdict.violations)
+
+
+def test_two_executions_of_one_attempt_and_a_second_completion_are_violations() -> None:
+    evidence = clean()
+    executions = (*evidence.executions, Execution(1, 1, 13, "ok", 100.5))
+    verdict = verify(replace(evidence, executions=executions, completed_logs={1: 2}), 34)
+    text = "\n".join(verdict.violations)
+    assert "two workers" in text and "logged more than once" in text
+
+
+def test_missing_errors_entries_and_a_slow_recovery_are_violations() -> None:
+    evidence = clean()
+    jobs = (evidence.jobs[0], replace(evidence.jobs[1], errors=((1, FAIL),)))
+    assert any("attempts not accounted" in v for v in verify(replace(evidence, jobs=jobs), 34).violations)
+    assert any("not run again within 2 s" in v for v in verify(evidence, 2).violations)
+
+
+def test_percentile_is_nearest_rank() -> None:
+    assert percentile([3.0, 1.0, 2.0, 4.0], 0.5) == 2.0
+    assert percentile([3.0, 1.0, 2.0, 4.0], 0.9) == 4.0
+    assert percentile([5.0], 0.5) == 5.0
