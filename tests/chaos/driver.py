@@ -27,7 +27,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,9 @@ import openqueue_py
 from openqueue_py.embedded import EmbeddedPostgres
 
 from .handlers import DSN_ENV, FAIL_RATE_ENV
-from .verify import Evidence, Execution, Fault, JobRow, Verdict, percentile, verify
+from .plan import Action, ChaosConfig, plan_faults
+from .report import Report, Tally, summary
+from .verify import Evidence, Execution, Fault, JobRow, verify
 
 REPO = Path(__file__).resolve().parents[2]
 QUEUE = "chaos"
@@ -62,74 +64,6 @@ create table chaos.ledger (
 _DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
 
 
-@dataclass(frozen=True)
-class ChaosConfig:
-    seconds: float = 60.0
-    seed: int = 0
-    workers: int = 3
-    concurrency: int = 4
-    producers: int = 2
-    rate: float = 20.0  # logical jobs per second per producer
-    lease_seconds: int = 3
-    reap_interval: float = 1.0
-    poll_interval: float = 1.0
-    fail_rate: float = 0.1
-    max_attempts: int = 100
-    grace_period: float = 30.0
-    drain_timeout: float = 300.0
-
-    @classmethod
-    def from_env(cls, default_seconds: float) -> ChaosConfig:
-        """``CHAOS_SECONDS`` and ``CHAOS_SEED`` (default: a fresh random seed)."""
-        seconds = float(os.environ.get("CHAOS_SECONDS") or default_seconds)
-        seed = int(os.environ.get("CHAOS_SEED") or random.SystemRandom().randrange(1, 10**6))
-        return cls(seconds=seconds, seed=seed)
-
-    @property
-    def freeze_seconds(self) -> float:
-        """Longer than a lease plus a reap interval: the frozen worker's leases expire."""
-        return self.lease_seconds + self.reap_interval + 2.0
-
-    @property
-    def outage_seconds(self) -> float:
-        return 4.0 if self.seconds >= 40 else 3.0
-
-    @property
-    def recovery_bound(self) -> float:
-        """A killed worker's jobs must run again within this: lease + reap interval + 30 s."""
-        return self.lease_seconds + self.reap_interval + 30.0
-
-
-@dataclass(frozen=True, order=True)
-class Action:
-    at: float  # seconds after the start of the chaos window
-    kind: str  # "restart", "outage", "kill", "freeze", "thaw", "terminate"
-    pid: int = 0  # for "thaw"
-
-
-def plan_faults(config: ChaosConfig, rng: random.Random) -> list[Action]:
-    """The fault timeline: server crashes spread evenly, the rest at random."""
-    d = config.seconds
-    server = ["restart"] * max(2, round(d / 15)) + ["outage"] * max(1, round(d / 120))
-    rng.shuffle(server)
-    # At least one immediate restart comes first, so that every run sees one early.
-    server.insert(0, server.pop(server.index("restart")))
-    span = 0.8 * d / len(server)
-    actions = [
-        Action(0.1 * d + span * (i + 0.5) + rng.uniform(-span / 4, span / 4), kind)
-        for i, kind in enumerate(server)
-    ]
-    actions += [Action(rng.uniform(0.05 * d, 0.95 * d), "kill") for _ in range(max(3, round(d / 5)))]
-    freezes = max(1, round(d / 20))
-    latest = d - config.freeze_seconds - 1.0
-    actions += [Action(min(latest, d * (i + 0.3) / freezes), "freeze") for i in range(freezes)]
-    t = 1.0
-    while t < d:
-        actions.append(Action(t, "terminate"))
-        t += rng.uniform(0.8, 1.8)
-    return sorted(actions)
-
-
 @dataclass
 class WorkerProcess:
     worker_id: str
@@ -138,24 +72,6 @@ class WorkerProcess:
     started: float
     frozen_at: float | None = None
     killed: bool = False
-
-
-@dataclass
-class Tally:
-    """What the driver did and saw, for the summary."""
-
-    faults: list[Fault] = field(default_factory=list)
-    counts: Counter[str] = field(default_factory=Counter)
-    restart_s: list[float] = field(default_factory=list)
-    outage_s: list[float] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    producers: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Report:
-    text: str
-    violations: tuple[str, ...]
 
 
 class ChaosRun:
@@ -534,58 +450,11 @@ def run_chaos(config: ChaosConfig, work_dir: Path, log: Callable[[str], None] = 
         run.cleanup()
     verdict = verify(evidence, config.recovery_bound)
     violations = tuple(run.tally.problems + verdict.violations)
-    text = summary(config, run, verdict, violations, time.monotonic() - started)
+    server = f"private embedded PostgreSQL {run.server_version}"
+    if os.environ.get("OPENQUEUE_TEST_DSN"):
+        server += ", not OPENQUEUE_TEST_DSN's server"
+    text = summary(config, run.tally, server, verdict, violations, time.monotonic() - started)
     return Report(text, violations)
-
-
-def _times(values: list[float]) -> str:
-    if not values:
-        return "n=0"
-    return (
-        f"n={len(values)} p50 {percentile(values, 0.5):.2f} s, p90 {percentile(values, 0.9):.2f} s,"
-        f" max {max(values):.2f} s"
-    )
-
-
-def summary(
-    config: ChaosConfig, run: ChaosRun, verdict: Verdict, violations: tuple[str, ...], took: float
-) -> str:
-    t, v = run.tally, verdict.counts
-    retries = sum(p.get("retries", 0) for p in t.producers)
-    keys_retried = sum(p.get("keys_retried", 0) for p in t.producers)
-    causes = ", ".join(
-        f"{k.removeprefix('extra: ')} {n}" for k, n in sorted(v.items()) if k.startswith("extra: ")
-    )
-    lines = [
-        f"chaos summary (seed {config.seed}, {config.seconds:.0f} s of faults, {took:.0f} s in all,"
-        f" PostgreSQL {run.server_version}, lease {config.lease_seconds} s,"
-        f" reap every {config.reap_interval:g} s)",
-        f"  faults:     {t.counts['kills']} workers SIGKILLed, {t.counts['freezes']} frozen for"
-        f" {config.freeze_seconds:g} s, {t.counts['backends terminated']} backends terminated,"
-        f" {t.counts['immediate restarts']} immediate restarts"
-        f" ({', '.join(f'{s:.2f}' for s in t.restart_s)} s), {t.counts['outages']} outage"
-        f" ({', '.join(f'{s:.1f}' for s in t.outage_s)} s)",
-        f"  producers:  {v['acked']} enqueues acknowledged; {retries} calls retried with the same key"
-        f" ({keys_retried} jobs)",
-        f"  workers:    {t.counts['workers started']} `openqueue worker` processes,"
-        f" {config.concurrency} slots each, {config.workers} at a time",
-        f"  jobs:       {v['jobs']} in openqueue.jobs: {v['completed']} completed, {v['pending']} pending,"
-        f" {v['failed']} failed, {v['processing']} processing, {v['dead']} dead, {v['cancelled']} cancelled",
-        f"  executions: {v['executions']}: {v['successful']} acked,"
-        f" {v['failures']} handler failures (nacked),"
-        f" {v['extra']} extra after an expired lease ({causes or 'none'});"
-        f" {v['leases never run']} leases expired before their handler ran",
-        f"  logs:       {v['completed but logged ack_rejected']} jobs completed by an ack the worker"
-        f" logged as job.ack_rejected; {v['rejected after expiry']} extra executions"
-        " whose ack/nack was rejected",
-        f"  recovery after a SIGKILL (kill -> next execution): {_times(verdict.kill_recovery)}"
-        f" (bound {config.recovery_bound:g} s)",
-        f"  recovery after a freeze (SIGSTOP -> next execution elsewhere): {_times(verdict.freeze_recovery)}",
-        f"  lost {v['lost']}, duplicated {v['duplicated']}, unfinished {v['unfinished']}:"
-        f" {'PASS' if not violations else 'FAIL'}",
-    ]
-    lines += [f"  VIOLATION: {violation}" for violation in violations]
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,11 @@
-"""The chaos accounting catches what it is there to catch (no database needed)."""
+"""The chaos harness itself: its accounting catches what it is there to catch, its plan has the faults."""
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 
+from .plan import ChaosConfig, plan_faults
 from .verify import LEASE_EXPIRED, Evidence, Execution, Fault, JobRow, percentile, verify
 
 FAIL = "ChaosFailure: ChaosFailure job=2 attempt=1\n\nTraceback ..."
@@ -83,3 +85,14 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile([3.0, 1.0, 2.0, 4.0], 0.5) == 2.0
     assert percentile([3.0, 1.0, 2.0, 4.0], 0.9) == 4.0
     assert percentile([5.0], 0.5) == 5.0
+
+
+def test_the_plan_has_the_faults_the_issue_asks_for() -> None:
+    for seconds, restarts in ((60, 3), (20, 2), (300, 3)):
+        config = ChaosConfig(seconds=seconds)
+        for seed in range(20):
+            kinds = [a.kind for a in plan_faults(config, random.Random(seed))]
+            assert kinds.count("restart") >= restarts and kinds.count("outage") >= 1
+            assert kinds.count("kill") >= 3 and kinds.count("freeze") >= 1 and kinds.count("terminate") >= 10
+            freezes = [a.at for a in plan_faults(config, random.Random(seed)) if a.kind == "freeze"]
+            assert all(at > 0 and at + config.freeze_seconds < seconds for at in freezes)
