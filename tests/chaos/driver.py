@@ -261,18 +261,20 @@ class ChaosRun:
 
     def restart(self) -> None:
         self._close_admin()
-        started = time.monotonic()
+        started, at = time.monotonic(), time.time()
         self.pg.restart("immediate")
+        self.tally.faults.append(Fault("restart", 0, "", at, time.time()))
         self.tally.restart_s.append(time.monotonic() - started)
         self.tally.counts["immediate restarts"] += 1
         self.log(f"  {self._now():5.1f} s  pg_ctl restart -m immediate ({self.tally.restart_s[-1]:.2f} s)")
 
     def outage(self) -> None:
         self._close_admin()
-        started = time.monotonic()
+        started, at = time.monotonic(), time.time()
         self.pg.pg_ctl("-w", "-m", "immediate", "stop")
         time.sleep(self.config.outage_seconds)
         self.pg.pg_ctl("-w", "restart")  # starts it again with the options it had (postmaster.opts)
+        self.tally.faults.append(Fault("outage", 0, "", at, time.time()))
         self.tally.outage_s.append(time.monotonic() - started)
         self.tally.counts["outages"] += 1
         self.log(f"  {self._now():5.1f} s  outage: stopped (immediate) for {self.tally.outage_s[-1]:.1f} s")

@@ -44,9 +44,9 @@ class Execution:
 
 @dataclass(frozen=True)
 class Fault:
-    """A worker SIGKILLed (``end`` None) or frozen with SIGSTOP from ``at`` to ``end``."""
+    """A worker SIGKILLed (``end`` None), one frozen by SIGSTOP or the server down (``at`` to ``end``)."""
 
-    kind: str  # "kill" or "freeze"
+    kind: str  # "kill", "freeze", or "restart" / "outage" of the server (pid 0)
     pid: int
     worker_id: str
     at: float
@@ -146,10 +146,10 @@ def _check_states(evidence: Evidence, verdict: Verdict) -> None:
 
 
 def _cause(execution: Execution, next_start: float, faults: Sequence[Fault]) -> str:
-    """Why an execution's lease expired: its worker was killed, frozen, or something else.
+    """Why an execution's lease expired: its worker killed or frozen, the server down, or other.
 
-    A fault explains it when the execution began before the fault (1 s of
-    slack for clocks) and the job's next attempt began after the fault began.
+    A fault explains it when the execution began before the fault ended (1 s
+    of slack for clocks) and the job's next attempt began after it began.
     """
     for fault in faults:
         if fault.pid != execution.pid or next_start < fault.at:
@@ -158,6 +158,10 @@ def _cause(execution: Execution, next_start: float, faults: Sequence[Fault]) -> 
             return "killed"
         if fault.kind == "freeze" and fault.end is not None and execution.started_at <= fault.end + 1.0:
             return "frozen"
+    for fault in faults:
+        down = fault.kind in ("outage", "restart") and fault.end is not None
+        if down and execution.started_at <= (fault.end or 0) + 1.0 and next_start >= fault.at:
+            return f"server {fault.kind}"
     return "other"
 
 
@@ -237,6 +241,8 @@ def _check_recovery(evidence: Evidence, verdict: Verdict, bound_s: float) -> Non
     too_slow: list[str] = []
     never: list[str] = []
     for fault in evidence.faults:
+        if fault.kind not in ("kill", "freeze"):
+            continue
         held = set(fault.in_flight)
         held |= {
             (e.job_id, e.attempt)
