@@ -37,6 +37,13 @@ def _times(values: list[float]) -> str:
     )
 
 
+def _spread(values: list[float], digits: int) -> str:
+    if not values:
+        return "-"
+    low, high = f"{min(values):.{digits}f}", f"{max(values):.{digits}f}"
+    return low if low == high else f"{low}-{high}"
+
+
 def summary(
     config: ChaosConfig, tally: Tally, server: str, verdict: Verdict, violations: tuple[str, ...], took: float
 ) -> str:
@@ -53,9 +60,8 @@ def summary(
         f" reap every {config.reap_interval:g} s)",
         f"  faults:     {t.counts['kills']} workers SIGKILLed, {t.counts['freezes']} frozen for"
         f" {config.freeze_seconds:g} s, {t.counts['backends terminated']} backends terminated,"
-        f" {t.counts['immediate restarts']} immediate restarts"
-        f" ({', '.join(f'{s:.2f}' for s in t.restart_s)} s), {t.counts['outages']} outage"
-        f" ({', '.join(f'{s:.1f}' for s in t.outage_s)} s)",
+        f" {t.counts['immediate restarts']} immediate restart(s) ({_spread(t.restart_s, 2)} s each),"
+        f" {t.counts['outages']} outage(s) ({_spread(t.outage_s, 1)} s each)",
         f"  producers:  {v['acked']} enqueues acknowledged; {retries} calls retried with the same key"
         f" ({keys_retried} jobs)",
         f"  workers:    {t.counts['workers started']} `openqueue worker` processes,"
