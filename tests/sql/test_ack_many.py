@@ -12,7 +12,6 @@ from .helpers import (
     ack,
     ack_many,
     cancel,
-    enqueue,
     enqueue_batch,
     expire_lease,
     heartbeat,
