@@ -299,6 +299,15 @@ def next_run_at(queue_names: Sequence[str]) -> Call[datetime | None]:
     return _call("oq_next_run_at", {"queue_names": list(queue_names)}, _scalar)
 
 
+def set_queue_max_payload(queue_name: str, max_bytes: int | None) -> Call[None]:
+    args = {"queue_name": queue_name, "max_bytes": _integer(max_bytes, "max_bytes")}
+    return _call("oq_set_queue_max_payload", _required(args, "queue_name"), lambda rows: None)
+
+
+def schema_version() -> Call[int]:
+    return _call("oq_schema_version", {}, _scalar)
+
+
 def get_job(job_id: int) -> Call[JobRecord | None]:
     return Call(
         f"select {_JOB_COLUMNS} from openqueue.jobs where id = %(job_id)s::bigint",
