@@ -354,6 +354,29 @@ comment on function openqueue._jobs_view_update() is
 'jobs only) and finished_at (kept by finished jobs only) may change; any '
 'other column raises 22023 naming it, and nothing changes.';
 
+-- INSERT through openqueue.jobs is refused for everyone. With this trigger
+-- the view counts as insertable, so that a caller without the privilege gets
+-- 42501 like for any other statement, not "cannot insert into view".
+create function openqueue._jobs_view_insert()
+returns trigger
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    raise exception using
+        errcode = 'feature_not_supported',
+        message = 'openqueue.jobs: INSERT is not supported',
+        hint = 'add jobs with oq_enqueue or oq_enqueue_batch';
+end;
+$$;
+
+comment on function openqueue._jobs_view_insert() is
+'Internal: INSTEAD OF INSERT on openqueue.jobs; always refuses (use oq_enqueue).';
+
+create trigger jobs_view_insert
+instead of insert on openqueue.jobs
+for each row execute function openqueue._jobs_view_insert();
+
 -- ---------------------------------------------------------------------------
 -- Roles and privileges.
 -- ---------------------------------------------------------------------------
