@@ -57,6 +57,7 @@ _TYPES = {
     "older_than": "interval",
     "include_dead": "boolean",
     "queue_names": "text[]",
+    "max_bytes": "integer",
 }
 
 

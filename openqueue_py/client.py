@@ -227,7 +227,7 @@ class Client:
         return self._run(_sql.next_run_at(queue_names), conn)
 
     def set_queue_max_payload(
-        self, queue_name: str, max_bytes: int | None, *, conn: psycopg.Connection | None = None
+        self, queue_name: str, max_bytes: int | None = None, *, conn: psycopg.Connection | None = None
     ) -> None:
         """Largest payload (bytes of its JSON text) queue_name accepts; None: the default, 1 MiB."""
         self._run(_sql.set_queue_max_payload(queue_name, max_bytes), conn)

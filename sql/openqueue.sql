@@ -2292,7 +2292,10 @@ comment on function openqueue._max_payload_bytes(text) is
 'Internal: the largest payload (bytes of its JSON text) queue_name accepts; '
 '1048576 (1 MiB) unless set by oq_set_queue_max_payload.';
 
-create function openqueue.oq_set_queue_max_payload(queue_name text, max_bytes integer)
+create function openqueue.oq_set_queue_max_payload(
+    queue_name text,
+    max_bytes integer default null  -- null: the built-in default
+)
 returns void
 language plpgsql
 set search_path = pg_catalog, pg_temp
@@ -2338,6 +2341,8 @@ declare
     v_id bigint;
     v_existing bigint;
     v_run_at timestamptz := coalesce(oq_enqueue.run_at, now());
+    v_due boolean := coalesce(oq_enqueue.run_at, now()) <= now();
+    v_max_attempts integer := oq_enqueue.max_attempts;
     v_size bigint;
     v_max integer;
 begin
@@ -2353,6 +2358,10 @@ begin
             'payload',
             format('is %s bytes, more than the %s bytes queue %s accepts', v_size, v_max, oq_enqueue.queue_name)
         );
+    end if;
+
+    if v_max_attempts is null then
+        v_max_attempts := (openqueue._queue_settings(oq_enqueue.queue_name)).max_attempts;
     end if;
 
     v_id := nextval('openqueue.job_id_seq');
@@ -2377,24 +2386,22 @@ begin
     end if;
 
     insert into openqueue.live_jobs as lj (
-        id, queue_name, priority, run_at, max_attempts, payload, idempotency_key
+        id, queue_name, priority, run_at, max_attempts, payload, idempotency_key, due
     )
     values (
         v_id,
         oq_enqueue.queue_name,
         coalesce(oq_enqueue.priority, 0),
         v_run_at,
-        coalesce(
-            oq_enqueue.max_attempts,
-            (openqueue._queue_settings(oq_enqueue.queue_name)).max_attempts
-        ),
+        v_max_attempts,
         oq_enqueue.payload,
-        oq_enqueue.idempotency_key
+        oq_enqueue.idempotency_key,
+        v_due
     );
 
     -- Due now: wake a worker. Due later: tell sleeping workers on a second
     -- channel, so that they shorten their sleep to the new run_at.
-    if v_run_at <= now() then
+    if v_due then
         perform pg_notify('openqueue', oq_enqueue.queue_name);
     else
         perform pg_notify('openqueue_scheduled', oq_enqueue.queue_name);
@@ -2427,7 +2434,8 @@ set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_run_at timestamptz := coalesce(oq_enqueue_batch.run_at, now());
-    v_max_attempts integer;
+    v_due boolean := coalesce(oq_enqueue_batch.run_at, now()) <= now();
+    v_max_attempts integer := oq_enqueue_batch.max_attempts;
     v_count bigint;
     v_max integer;
     v_index bigint;
@@ -2460,10 +2468,9 @@ begin
         );
     end if;
 
-    v_max_attempts := coalesce(
-        oq_enqueue_batch.max_attempts,
-        (openqueue._queue_settings(oq_enqueue_batch.queue_name)).max_attempts
-    );
+    if v_max_attempts is null then
+        v_max_attempts := (openqueue._queue_settings(oq_enqueue_batch.queue_name)).max_attempts;
+    end if;
 
     -- Ids are drawn in array order before the insert, so the result order
     -- does not depend on the order INSERT ... RETURNING happens to use.
@@ -2477,14 +2484,15 @@ begin
     ),
 
     inserted as (  -- noqa: ST03
-        insert into openqueue.live_jobs (id, queue_name, priority, run_at, max_attempts, payload)
+        insert into openqueue.live_jobs (id, queue_name, priority, run_at, max_attempts, payload, due)
         select
             n.job_id,
             oq_enqueue_batch.queue_name,
             coalesce(oq_enqueue_batch.priority, 0),
             v_run_at,
             v_max_attempts,
-            n.payload
+            n.payload,
+            v_due
         from numbered as n
     )
 
@@ -2494,7 +2502,7 @@ begin
     order by n.ordinality;
 
     get diagnostics v_count = row_count;
-    if v_count > 0 and v_run_at <= now() then
+    if v_count > 0 and v_due then
         perform pg_notify('openqueue', oq_enqueue_batch.queue_name);
     elsif v_count > 0 then
         perform pg_notify('openqueue_scheduled', oq_enqueue_batch.queue_name);
@@ -2600,6 +2608,29 @@ comment on function openqueue._jobs_view_update() is
 'the job. Only run_at, priority, attempts, lease_expires_at (kept by live '
 'jobs only) and finished_at (kept by finished jobs only) may change; any '
 'other column raises 22023 naming it, and nothing changes.';
+
+-- INSERT through openqueue.jobs is refused for everyone. With this trigger
+-- the view counts as insertable, so that a caller without the privilege gets
+-- 42501 like for any other statement, not "cannot insert into view".
+create function openqueue._jobs_view_insert()
+returns trigger
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    raise exception using
+        errcode = 'feature_not_supported',
+        message = 'openqueue.jobs: INSERT is not supported',
+        hint = 'add jobs with oq_enqueue or oq_enqueue_batch';
+end;
+$$;
+
+comment on function openqueue._jobs_view_insert() is
+'Internal: INSTEAD OF INSERT on openqueue.jobs; always refuses (use oq_enqueue).';
+
+create trigger jobs_view_insert
+instead of insert on openqueue.jobs
+for each row execute function openqueue._jobs_view_insert();
 
 -- ---------------------------------------------------------------------------
 -- Roles and privileges.

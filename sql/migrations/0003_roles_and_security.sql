@@ -45,7 +45,10 @@ comment on function openqueue._max_payload_bytes(text) is
 'Internal: the largest payload (bytes of its JSON text) queue_name accepts; '
 '1048576 (1 MiB) unless set by oq_set_queue_max_payload.';
 
-create function openqueue.oq_set_queue_max_payload(queue_name text, max_bytes integer)
+create function openqueue.oq_set_queue_max_payload(
+    queue_name text,
+    max_bytes integer default null  -- null: the built-in default
+)
 returns void
 language plpgsql
 set search_path = pg_catalog, pg_temp
@@ -91,6 +94,8 @@ declare
     v_id bigint;
     v_existing bigint;
     v_run_at timestamptz := coalesce(oq_enqueue.run_at, now());
+    v_due boolean := coalesce(oq_enqueue.run_at, now()) <= now();
+    v_max_attempts integer := oq_enqueue.max_attempts;
     v_size bigint;
     v_max integer;
 begin
@@ -106,6 +111,10 @@ begin
             'payload',
             format('is %s bytes, more than the %s bytes queue %s accepts', v_size, v_max, oq_enqueue.queue_name)
         );
+    end if;
+
+    if v_max_attempts is null then
+        v_max_attempts := (openqueue._queue_settings(oq_enqueue.queue_name)).max_attempts;
     end if;
 
     v_id := nextval('openqueue.job_id_seq');
@@ -130,24 +139,22 @@ begin
     end if;
 
     insert into openqueue.live_jobs as lj (
-        id, queue_name, priority, run_at, max_attempts, payload, idempotency_key
+        id, queue_name, priority, run_at, max_attempts, payload, idempotency_key, due
     )
     values (
         v_id,
         oq_enqueue.queue_name,
         coalesce(oq_enqueue.priority, 0),
         v_run_at,
-        coalesce(
-            oq_enqueue.max_attempts,
-            (openqueue._queue_settings(oq_enqueue.queue_name)).max_attempts
-        ),
+        v_max_attempts,
         oq_enqueue.payload,
-        oq_enqueue.idempotency_key
+        oq_enqueue.idempotency_key,
+        v_due
     );
 
     -- Due now: wake a worker. Due later: tell sleeping workers on a second
     -- channel, so that they shorten their sleep to the new run_at.
-    if v_run_at <= now() then
+    if v_due then
         perform pg_notify('openqueue', oq_enqueue.queue_name);
     else
         perform pg_notify('openqueue_scheduled', oq_enqueue.queue_name);
@@ -180,7 +187,8 @@ set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_run_at timestamptz := coalesce(oq_enqueue_batch.run_at, now());
-    v_max_attempts integer;
+    v_due boolean := coalesce(oq_enqueue_batch.run_at, now()) <= now();
+    v_max_attempts integer := oq_enqueue_batch.max_attempts;
     v_count bigint;
     v_max integer;
     v_index bigint;
@@ -213,10 +221,9 @@ begin
         );
     end if;
 
-    v_max_attempts := coalesce(
-        oq_enqueue_batch.max_attempts,
-        (openqueue._queue_settings(oq_enqueue_batch.queue_name)).max_attempts
-    );
+    if v_max_attempts is null then
+        v_max_attempts := (openqueue._queue_settings(oq_enqueue_batch.queue_name)).max_attempts;
+    end if;
 
     -- Ids are drawn in array order before the insert, so the result order
     -- does not depend on the order INSERT ... RETURNING happens to use.
@@ -230,14 +237,15 @@ begin
     ),
 
     inserted as (  -- noqa: ST03
-        insert into openqueue.live_jobs (id, queue_name, priority, run_at, max_attempts, payload)
+        insert into openqueue.live_jobs (id, queue_name, priority, run_at, max_attempts, payload, due)
         select
             n.job_id,
             oq_enqueue_batch.queue_name,
             coalesce(oq_enqueue_batch.priority, 0),
             v_run_at,
             v_max_attempts,
-            n.payload
+            n.payload,
+            v_due
         from numbered as n
     )
 
@@ -247,7 +255,7 @@ begin
     order by n.ordinality;
 
     get diagnostics v_count = row_count;
-    if v_count > 0 and v_run_at <= now() then
+    if v_count > 0 and v_due then
         perform pg_notify('openqueue', oq_enqueue_batch.queue_name);
     elsif v_count > 0 then
         perform pg_notify('openqueue_scheduled', oq_enqueue_batch.queue_name);
