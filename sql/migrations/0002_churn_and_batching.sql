@@ -987,3 +987,123 @@ revoke all on function openqueue._finished_counts_inserted() from public;
 revoke all on function openqueue._finished_counts_deleted() from public;
 revoke all on function openqueue._finished_counts_updated() from public;
 revoke all on function openqueue._finished_counts_truncated() from public;
+
+-- ---------------------------------------------------------------------------
+-- oq_health: what an operator of a busy queue needs to see at a glance.
+-- ---------------------------------------------------------------------------
+
+create function openqueue.oq_health()
+returns table (
+    check_name text,
+    subject text,
+    value bigint,
+    observed_at timestamptz,
+    detail text
+)
+language sql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+    -- The hot tables: live and dead row versions and the last vacuum.
+    select
+        c.check_name,
+        s.relname::text,
+        case c.check_name
+            when 'live_tuples' then s.n_live_tup
+            when 'dead_tuples' then s.n_dead_tup
+        end,
+        case c.check_name
+            when 'last_vacuum' then greatest(s.last_vacuum, s.last_autovacuum)
+        end,
+        case c.check_name
+            when 'dead_tuples' then format(
+                '%s%% of %s rows', round(100.0 * s.n_dead_tup / greatest(s.n_live_tup + s.n_dead_tup, 1), 1),
+                s.n_live_tup + s.n_dead_tup
+            )
+            when 'last_vacuum' then format(
+                'vacuum %s, autovacuum %s, %s autovacuums',
+                coalesce(s.last_vacuum::text, 'never'), coalesce(s.last_autovacuum::text, 'never'),
+                s.autovacuum_count
+            )
+        end
+    from pg_stat_user_tables as s
+    cross join (values (1, 'live_tuples'), (2, 'dead_tuples'), (3, 'last_vacuum')) as c (n, check_name)
+    where s.schemaname = 'openqueue' and s.relname in ('live_jobs', 'finished_jobs')
+
+    union all
+
+    -- The oldest snapshot holding back vacuum of this database's tables,
+    -- whichever kind holds it: a session of this database (an open
+    -- transaction), a prepared transaction or a replication slot. Sessions
+    -- of other databases do not hold back vacuum here. value is its age in
+    -- transactions.
+    (
+        select
+            'oldest_xmin',
+            h.holder,
+            age(h.xmin)::bigint,
+            h.since,
+            h.detail
+        from (
+            select
+                format('backend %s', a.pid) as holder,
+                a.backend_xmin as xmin,
+                a.xact_start as since,
+                format(
+                    'user %s, application %L, state %s', a.usename, a.application_name, a.state
+                ) as detail
+            from pg_stat_activity as a
+            where a.backend_xmin is not null
+              and a.pid <> pg_backend_pid()
+              and a.datname = current_database()
+            union all
+            select
+                format('prepared transaction %L', p.gid),
+                p.transaction,
+                p.prepared,
+                format('owner %s, database %s', p.owner, p.database)
+            from pg_prepared_xacts as p
+            where p.database = current_database()
+            union all
+            select
+                format('replication slot %L', r.slot_name),
+                coalesce(r.xmin, r.catalog_xmin),
+                null,
+                format('%s slot, active %s', r.slot_type, r.active)
+            from pg_replication_slots as r
+            where coalesce(r.xmin, r.catalog_xmin) is not null
+              and (r.database is null or r.database = current_database())
+        ) as h
+        order by age(h.xmin) desc
+        limit 1
+    )
+
+    union all
+
+    -- Per queue, the due job that has waited longest; value in seconds.
+    select
+        'oldest_due_job',
+        d.queue_name,
+        floor(extract(epoch from now() - d.run_at))::bigint,
+        d.run_at,
+        format('job %s', d.id)
+    from (
+        select distinct on (lj.queue_name) lj.queue_name, lj.run_at, lj.id
+        from openqueue.live_jobs as lj
+        where lj.status in ('pending', 'failed') and lj.run_at <= now()
+        order by lj.queue_name, lj.run_at, lj.id
+    ) as d
+$$;
+
+comment on function openqueue.oq_health() is
+'Health checks, one row each: (check_name, subject, value, observed_at, detail). '
+'live_tuples / dead_tuples / last_vacuum for the tables live_jobs and '
+'finished_jobs (value: row versions; observed_at: the last manual or auto '
+'vacuum, NULL if never). oldest_xmin: the session, prepared transaction or '
+'replication slot of this database with the oldest snapshot, which holds back '
+'vacuum of the tables (value: its age in transactions; observed_at: when its transaction '
+'started; no row when none; other users'' sessions need pg_read_all_stats). '
+'oldest_due_job, one row per queue with due jobs: subject the queue, value '
+'seconds since the oldest due job''s run_at, observed_at that run_at.';
+
+revoke all on function openqueue.oq_health() from public;
