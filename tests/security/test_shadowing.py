@@ -134,6 +134,7 @@ SCENARIO: list[tuple[str, str]] = [
     ("next run at", "select openqueue.oq_next_run_at(array['s'])"),
     ("schema version", "select openqueue.oq_schema_version() >= 3"),
     ("stats", "select * from openqueue.oq_stats()"),
+    ("health", "select count(distinct check_name) > 0 from openqueue.oq_health()"),
     (
         "age",
         "update openqueue.jobs set finished_at = pg_catalog.now() - interval '2 hours' "
