@@ -13,16 +13,25 @@
 --   column but that one.
 -- * UPDATE through openqueue.jobs may change only run_at, priority,
 --   attempts, lease_expires_at and finished_at (22023 for anything else).
--- * queues.max_payload_bytes (default 1 MiB) bounds the size of a payload,
+-- * queue_limits.max_payload_bytes (default 1 MiB) bounds the size of a payload,
 --   checked by oq_enqueue and by oq_enqueue_batch for every element.
 
 -- ---------------------------------------------------------------------------
 -- Per-queue maximum payload size.
 -- ---------------------------------------------------------------------------
 
-alter table openqueue.queues
-add column max_payload_bytes integer,
-add constraint max_payload_bytes_in_range check (max_payload_bytes between 1 and 1073741823);
+-- Apart from openqueue.queues, so that the rows of that table keep their
+-- shape across the upgrade; a queue with a limit also has a queues row, so
+-- oq_stats lists it like any configured queue.
+create table openqueue.queue_limits (
+    queue_name text primary key,
+    max_payload_bytes integer not null,
+    updated_at timestamptz not null default now(),
+    constraint max_payload_bytes_in_range check (max_payload_bytes between 1 and 1073741823)
+);
+
+comment on table openqueue.queue_limits is
+'Per-queue limits set by oq_set_queue_max_payload; no row means the built-in default (1 MiB).';
 
 -- The built-in default lives here and nowhere else.
 create function openqueue._max_payload_bytes(queue_name text)
@@ -33,9 +42,9 @@ set search_path = pg_catalog, pg_temp
 as $$
     select coalesce(
         (
-            select q.max_payload_bytes
-            from openqueue.queues as q
-            where q.queue_name = _max_payload_bytes.queue_name
+            select ql.max_payload_bytes
+            from openqueue.queue_limits as ql
+            where ql.queue_name = _max_payload_bytes.queue_name
         ),
         1048576
     )
@@ -57,12 +66,22 @@ begin
     perform openqueue._check_queue_name(oq_set_queue_max_payload.queue_name);
     perform openqueue._check_range('max_bytes', oq_set_queue_max_payload.max_bytes, 1, 1073741823);
 
-    insert into openqueue.queues as q (queue_name, max_payload_bytes)
-    values (oq_set_queue_max_payload.queue_name, oq_set_queue_max_payload.max_bytes)
+    insert into openqueue.queues as q (queue_name)
+    values (oq_set_queue_max_payload.queue_name)
     on conflict on constraint queues_pkey do update
-    set
-        max_payload_bytes = excluded.max_payload_bytes,
-        updated_at = now();
+    set updated_at = now();
+
+    if oq_set_queue_max_payload.max_bytes is null then
+        delete from openqueue.queue_limits as ql
+        where ql.queue_name = oq_set_queue_max_payload.queue_name;
+    else
+        insert into openqueue.queue_limits as ql (queue_name, max_payload_bytes)
+        values (oq_set_queue_max_payload.queue_name, oq_set_queue_max_payload.max_bytes)
+        on conflict on constraint queue_limits_pkey do update
+        set
+            max_payload_bytes = excluded.max_payload_bytes,
+            updated_at = now();
+    end if;
 end;
 $$;
 

@@ -284,7 +284,8 @@ def test_admin_cancels_replays_purges_configures_and_reads_jobs_but_never_lease_
     with Client(logins["worker"].dsn) as worker:
         assert worker.ack(held.job.id, held.lease_token) is False  # cancelled and replayed since
     settings = conn.execute(
-        "select max_attempts, lease_seconds, max_payload_bytes from openqueue.queues where queue_name = 'ops'"
+        "select max_attempts, lease_seconds, max_payload_bytes from openqueue.queues "
+        "join openqueue.queue_limits using (queue_name) where queue_name = 'ops'"
     ).fetchone()
     assert settings == (3, 10, 1000)
 

@@ -152,7 +152,7 @@ SCENARIO: list[tuple[str, str]] = [
     (
         "queues",
         "select queue_name, max_attempts, lease_seconds, backoff_base, backoff_max, max_payload_bytes "
-        "from openqueue.queues order by 1",
+        "from openqueue.queues left join openqueue.queue_limits using (queue_name) order by 1",
     ),
     ("keys", "select queue_name, idempotency_key, job_id from openqueue.idempotency_keys order by 1, 2"),
 ]
