@@ -2490,6 +2490,10 @@ begin
         perform openqueue._raise_null('payload');
     end if;
     perform openqueue._check_range('max_attempts', oq_enqueue.max_attempts, 1, 2147483647);
+    -- A key is an index entry: bounded, so that no key can exceed the index's row size.
+    if length(oq_enqueue.idempotency_key) > 255 then
+        perform openqueue._raise_invalid('idempotency_key', 'must be at most 255 characters long');
+    end if;
     v_size := octet_length(oq_enqueue.payload::text);
     v_max := openqueue._max_payload_bytes(oq_enqueue.queue_name);
     if v_size > v_max then
@@ -2558,7 +2562,8 @@ comment on function openqueue.oq_enqueue(text, jsonb, integer, timestamptz, inte
 'NOTIFY openqueue_scheduled, queue_name when it is due later (on commit). '
 'Errors 22004/22023 for a NULL or bad queue_name, NULL payload, a payload '
 'larger than the queue''s maximum (1 MiB unless set by '
-'oq_set_queue_max_payload), max_attempts < 1.';
+'oq_set_queue_max_payload), max_attempts < 1, an idempotency_key longer '
+'than 255 characters.';
 
 create or replace function openqueue.oq_enqueue_batch(
     queue_name text,
