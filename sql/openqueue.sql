@@ -1605,6 +1605,176 @@ from openqueue.finished_jobs as fj
 group by fj.queue_name, fj.status;
 
 -- ---------------------------------------------------------------------------
+-- NOTIFY economy.
+--
+-- PostgreSQL folds identical notifications (same channel, same payload)
+-- raised in one transaction into one, so a transaction that enqueues many
+-- jobs into a queue sends one NOTIFY for that queue, whatever the number.
+--
+-- A queue may also opt in to notify only when a worker waits for it
+-- (notify_mode 'when_waiting'; the default 'always' is the contract's
+-- behaviour). A worker that found its queues empty registers in
+-- queue_waiters with oq_wait() before it sleeps; a producer notifies only when
+-- it finds an unexpired registration. No wake-up is lost, thanks to an
+-- advisory lock (key openqueue._waiters_lock_key()):
+--   * oq_wait takes it EXCLUSIVE, upserts the registration and commits;
+--   * a producer on a 'when_waiting' queue takes it SHARED after inserting its
+--     job, then, in a new statement (a fresh snapshot), looks for a
+--     registration, and notifies (on commit) if there is one.
+-- If the waiter got the lock first, the producer's shared lock waited for the
+-- waiter's commit, so the producer's fresh snapshot sees the registration and
+-- it notifies. If the producer got it first, the waiter's exclusive lock
+-- waited for the producer's commit, so the job is committed before oq_wait
+-- returns and the worker's next lease (which the protocol requires, after
+-- oq_wait and before sleeping) sees it. A producer running at REPEATABLE
+-- READ or SERIALIZABLE has no fresh snapshot, so it always notifies.
+-- One key for all queues rather than one per queue: a waiter registers for
+-- several queues and a producer may enqueue into several in one transaction;
+-- with one exclusive lock per queue the two could wait for each other in
+-- opposite orders (a deadlock that would abort the producer). With a single
+-- key a producer only ever waits behind a waiter in the lock queue, which
+-- PostgreSQL's deadlock detector resolves by reordering, never by aborting.
+-- ---------------------------------------------------------------------------
+
+alter table openqueue.queues add column notify_mode text not null default 'always';
+
+alter table openqueue.queues add constraint notify_mode_known check (
+    notify_mode in ('always', 'when_waiting')
+);
+
+comment on column openqueue.queues.notify_mode is
+'always (default): every enqueue of a due job notifies. when_waiting: only '
+'while a worker is registered by oq_wait(). Set with oq_set_queue_notify().';
+
+create table openqueue.queue_waiters (
+    queue_name text not null,
+    worker_id text not null,
+    wait_until timestamptz not null,
+    constraint queue_waiters_pkey primary key (queue_name, worker_id)
+);
+
+comment on table openqueue.queue_waiters is
+'Internal: workers waiting for jobs (oq_wait), until wait_until; read by '
+'enqueues on when_waiting queues. Expired rows are removed by oq_wait and oq_reap.';
+
+create function openqueue._waiters_lock_key()
+returns bigint
+language sql
+immutable
+set search_path = pg_catalog, pg_temp
+as $$
+    select 478892509123815811::bigint  -- hashtextextended('openqueue.waiters', 0), fixed
+$$;
+
+comment on function openqueue._waiters_lock_key() is
+'Internal: the advisory lock key that orders oq_wait registrations against '
+'enqueues on when_waiting queues.';
+
+-- Called by the enqueue functions for a when_waiting queue, after the insert.
+create function openqueue._waiter_present(queue_name text)
+returns boolean
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if current_setting('transaction_isolation') <> 'read committed' then
+        return true;  -- no fresh snapshot below: notify, as with 'always'
+    end if;
+    perform pg_advisory_xact_lock_shared(openqueue._waiters_lock_key());
+    -- A new statement: its snapshot sees every registration committed
+    -- before the lock above was granted.
+    return exists (
+        select
+        from openqueue.queue_waiters as w
+        where w.queue_name = _waiter_present.queue_name
+          and w.wait_until > now()
+    );
+end;
+$$;
+
+comment on function openqueue._waiter_present(text) is
+'Internal: for a when_waiting queue, after the job is inserted: is a worker '
+'registered as waiting (see the protocol at openqueue.queue_waiters)?';
+
+create function openqueue.oq_set_queue_notify(queue_name text, mode text)
+returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform openqueue._check_queue_name(oq_set_queue_notify.queue_name);
+    if oq_set_queue_notify.mode is null then
+        perform openqueue._raise_null('mode');
+    elsif oq_set_queue_notify.mode not in ('always', 'when_waiting') then
+        perform openqueue._raise_invalid(
+            'mode', format('must be ''always'' or ''when_waiting'', got %L', oq_set_queue_notify.mode)
+        );
+    end if;
+    insert into openqueue.queues as q (queue_name, notify_mode)
+    values (oq_set_queue_notify.queue_name, oq_set_queue_notify.mode)
+    on conflict on constraint queues_pkey do update
+    set
+        notify_mode = excluded.notify_mode,
+        updated_at = now();
+end;
+$$;
+
+comment on function openqueue.oq_set_queue_notify(text, text) is
+'Set when enqueues into queue_name send NOTIFY openqueue: mode ''always'' '
+'(the default: every enqueue of a due job, and openqueue_scheduled for a '
+'future one) or ''when_waiting'' (only while a worker is registered by '
+'oq_wait; saves the cost of notifications nobody waits for). Errors '
+'22004/22023 for a bad queue_name or mode.';
+
+create function openqueue.oq_wait(queue_names text[], worker_id text, seconds integer default 60)
+returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_queue text;
+begin
+    if oq_wait.queue_names is null then
+        perform openqueue._raise_null('queue_names');
+    end if;
+    foreach v_queue in array oq_wait.queue_names loop
+        perform openqueue._check_queue_name(v_queue, 'queue_names');
+    end loop;
+    if oq_wait.worker_id is null then
+        perform openqueue._raise_null('worker_id');
+    elsif oq_wait.worker_id = '' then
+        perform openqueue._raise_invalid('worker_id', 'must not be empty');
+    end if;
+    if oq_wait.seconds is null then
+        perform openqueue._raise_null('seconds');
+    end if;
+    perform openqueue._check_range('seconds', oq_wait.seconds, 1, 86400);
+
+    -- Waits for every producer of a when_waiting queue that is between its
+    -- insert and its commit (see openqueue.queue_waiters).
+    perform pg_advisory_xact_lock(openqueue._waiters_lock_key());
+
+    delete from openqueue.queue_waiters as w where w.wait_until <= now();
+
+    insert into openqueue.queue_waiters as w (queue_name, worker_id, wait_until)
+    select distinct u.queue_name, oq_wait.worker_id, now() + make_interval(secs => oq_wait.seconds)
+    from unnest(oq_wait.queue_names) as u (queue_name)
+    order by u.queue_name
+    on conflict on constraint queue_waiters_pkey do update
+    set wait_until = excluded.wait_until;
+end;
+$$;
+
+comment on function openqueue.oq_wait(text[], text, integer) is
+'Register worker_id as waiting for jobs of queue_names for the next seconds '
+'(default 60, 1 to 86400), so that enqueues into when_waiting queues notify '
+'it. Protocol, for a worker that found its queues empty: LISTEN openqueue; '
+'call oq_wait in its own transaction (autocommit); lease once more; only if '
+'that finds nothing, sleep until a notification or the timeout. No wake-up '
+'is lost: oq_wait waits for producers that are between their insert and '
+'their commit. Errors 22004/22023 for bad queue_names, worker_id or seconds.';
+
+-- ---------------------------------------------------------------------------
 -- Functions that place waiting jobs: the same behaviour as version 1, plus
 -- the due flag.
 -- ---------------------------------------------------------------------------
@@ -1626,7 +1796,8 @@ declare
     v_existing bigint;
     v_run_at timestamptz := coalesce(oq_enqueue.run_at, now());
     v_due boolean := coalesce(oq_enqueue.run_at, now()) <= now();
-    v_max_attempts integer := oq_enqueue.max_attempts;
+    v_max_attempts integer;
+    v_notify_mode text;
 begin
     perform openqueue._check_queue_name(oq_enqueue.queue_name);
     if oq_enqueue.payload is null then
@@ -1634,9 +1805,12 @@ begin
     end if;
     perform openqueue._check_range('max_attempts', oq_enqueue.max_attempts, 1, 2147483647);
 
-    if v_max_attempts is null then
-        v_max_attempts := (openqueue._queue_settings(oq_enqueue.queue_name)).max_attempts;
-    end if;
+    -- One lookup for both settings this needs. The built-in default of
+    -- max_attempts (5) is openqueue._queue_settings's.
+    select coalesce(oq_enqueue.max_attempts, q.max_attempts, 5), coalesce(q.notify_mode, 'always')
+    into v_max_attempts, v_notify_mode
+    from (select 1) as one
+    left join openqueue.queues as q on q.queue_name = oq_enqueue.queue_name;
 
     v_id := nextval('openqueue.job_id_seq');
 
@@ -1670,7 +1844,11 @@ begin
     );
 
     -- Due now: wake a worker. Due later: tell sleeping workers on a second
-    -- channel, so that they shorten their sleep to the new run_at.
+    -- channel, so that they shorten their sleep to the new run_at. A
+    -- when_waiting queue does either only while a worker waits.
+    if v_notify_mode = 'when_waiting' and not openqueue._waiter_present(oq_enqueue.queue_name) then
+        return v_id;
+    end if;
     if v_due then
         perform pg_notify('openqueue', oq_enqueue.queue_name);
     else
@@ -1694,7 +1872,8 @@ as $$
 declare
     v_run_at timestamptz := coalesce(oq_enqueue_batch.run_at, now());
     v_due boolean := coalesce(oq_enqueue_batch.run_at, now()) <= now();
-    v_max_attempts integer := oq_enqueue_batch.max_attempts;
+    v_max_attempts integer;
+    v_notify_mode text;
     v_count bigint;
 begin
     perform openqueue._check_queue_name(oq_enqueue_batch.queue_name);
@@ -1708,9 +1887,12 @@ begin
     end if;
     perform openqueue._check_range('max_attempts', oq_enqueue_batch.max_attempts, 1, 2147483647);
 
-    if v_max_attempts is null then
-        v_max_attempts := (openqueue._queue_settings(oq_enqueue_batch.queue_name)).max_attempts;
-    end if;
+    -- One lookup for both settings this needs (default max_attempts: see
+    -- openqueue._queue_settings).
+    select coalesce(oq_enqueue_batch.max_attempts, q.max_attempts, 5), coalesce(q.notify_mode, 'always')
+    into v_max_attempts, v_notify_mode
+    from (select 1) as one
+    left join openqueue.queues as q on q.queue_name = oq_enqueue_batch.queue_name;
 
     -- Ids are drawn in array order before the insert, so the result order
     -- does not depend on the order INSERT ... RETURNING happens to use.
@@ -1742,9 +1924,13 @@ begin
     order by n.ordinality;
 
     get diagnostics v_count = row_count;
-    if v_count > 0 and v_due then
+    if v_count = 0
+       or (v_notify_mode = 'when_waiting' and not openqueue._waiter_present(oq_enqueue_batch.queue_name)) then
+        return;
+    end if;
+    if v_due then
         perform pg_notify('openqueue', oq_enqueue_batch.queue_name);
-    elsif v_count > 0 then
+    else
         perform pg_notify('openqueue_scheduled', oq_enqueue_batch.queue_name);
     end if;
 end;
@@ -1972,6 +2158,9 @@ begin
     )
 
     select array_agg(r.queue_name) into v_queues from reclaimed as r;
+
+    -- Registrations of workers that stopped waiting (see oq_wait).
+    delete from openqueue.queue_waiters as w where w.wait_until <= now();
 
     perform pg_notify('openqueue', q.queue_name)
     from (select distinct u.queue_name from unnest(v_queues) as u (queue_name)) as q;
@@ -2231,6 +2420,10 @@ comment on function openqueue.oq_purge_batch(interval, boolean, integer) is
 'older_than, max_rows NULL or out of range.';
 
 revoke all on function openqueue.oq_purge_batch(interval, boolean, integer) from public;
+revoke all on function openqueue.oq_set_queue_notify(text, text) from public;
+revoke all on function openqueue.oq_wait(text[], text, integer) from public;
+revoke all on function openqueue._waiter_present(text) from public;
+revoke all on function openqueue._waiters_lock_key() from public;
 revoke all on function openqueue._purge_chunk(interval, boolean, integer) from public;
 revoke all on function openqueue._promote_due(text, integer) from public;
 revoke all on function openqueue._live_jobs_run_at_moved() from public;

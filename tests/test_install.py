@@ -508,7 +508,12 @@ def test_upgrade_from_version_1_keeps_every_job_and_every_lease(pg_server, empty
     for migration in load_migrations()[1:]:
         assert f"applied migration {migration.name}" in result.stderr
     assert migration_rows(empty_dsn) == expected_migration_rows()
-    assert _state(empty_dsn) == before  # every job, setting, key and the sequence, as they were
+    after = _state(empty_dsn)
+    # Version 2 adds a column to openqueue.queues (notify_mode), at the end, 'always' for all.
+    queues = after.pop("queues")
+    assert [row[:-1] for row in queues] == before.pop("queues")
+    assert {row[-1] for row in queues} == {"always"}
+    assert after == before  # every job, key and the sequence, as they were
 
     with Client(empty_dsn) as client:
         stats = {s.queue_name: s for s in client.stats()}["up"]
