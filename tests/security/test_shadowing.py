@@ -81,6 +81,8 @@ SCENARIO: list[tuple[str, str]] = [
         "backoff_base => interval '2 seconds', backoff_max => interval '10 seconds')",
     ),
     ("max payload", "select openqueue.oq_set_queue_max_payload('s', 40)"),
+    ("notify mode", "select openqueue.oq_set_queue_notify('s', 'when_waiting')"),
+    ("wait", "select openqueue.oq_wait(array['s'], 'w1', 30)"),
     ("enqueue", "select openqueue.oq_enqueue('s', '{\"a\": 1}')"),
     ("enqueue key", "select openqueue.oq_enqueue('s', '{\"k\": 1}', idempotency_key => 'k')"),
     ("enqueue key again", "select openqueue.oq_enqueue('s', '{\"k\": 2}', idempotency_key => 'k')"),
