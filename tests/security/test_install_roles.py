@@ -7,6 +7,7 @@ own, where the roles do not exist yet.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -21,19 +22,14 @@ from openqueue_py import Client
 
 INSTALLER = Path(__file__).resolve().parents[2] / "sql" / "openqueue.sql"
 ROLES = ("openqueue_admin", "openqueue_producer", "openqueue_worker")
-WORKER_GRANTS = """
-grant usage on schema openqueue to {role};
-grant execute on function
-    openqueue.oq_lease(text, text, integer, integer),
-    openqueue.oq_heartbeat(bigint, uuid, integer),
-    openqueue.oq_ack(bigint, uuid, jsonb),
-    openqueue.oq_ack_many(bigint[], uuid[], jsonb[]),
-    openqueue.oq_nack(bigint, uuid, text, interval, boolean),
-    openqueue.oq_reap(),
-    openqueue.oq_stats(),
-    openqueue.oq_next_run_at(text[])
-to {role};
-"""
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_worker_grants() -> str:
+    """The README's grants for a worker where roles cannot be created (run as written)."""
+    blocks = re.findall(r"```sql\n(.*?)```", README.read_text(), re.S)
+    [block] = [b for b in blocks if b.startswith("grant usage on schema openqueue to app_worker")]
+    return block
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +99,7 @@ def test_an_owner_without_createrole_installs_with_a_notice_then_grants_by_hand_
 
     # The README's recipe where roles cannot be created: grant EXECUTE yourself.
     with psycopg.connect(owner_dsn, autocommit=True) as conn:
-        conn.execute(WORKER_GRANTS.format(role="app_worker"))
+        conn.execute(readme_worker_grants())
     with Client(worker_dsn) as client:
         leased = client.lease("q", "w")
         assert leased is not None and leased.job.id == job_id
