@@ -57,6 +57,7 @@ _TYPES = {
     "older_than": "interval",
     "include_dead": "boolean",
     "queue_names": "text[]",
+    "max_bytes": "integer",
 }
 
 
@@ -297,6 +298,15 @@ def purge(older_than: timedelta, include_dead: bool) -> Call[int]:
 
 def next_run_at(queue_names: Sequence[str]) -> Call[datetime | None]:
     return _call("oq_next_run_at", {"queue_names": list(queue_names)}, _scalar)
+
+
+def set_queue_max_payload(queue_name: str, max_bytes: int | None) -> Call[None]:
+    args = {"queue_name": queue_name, "max_bytes": _integer(max_bytes, "max_bytes")}
+    return _call("oq_set_queue_max_payload", _required(args, "queue_name"), lambda rows: None)
+
+
+def schema_version() -> Call[int]:
+    return _call("oq_schema_version", {}, _scalar)
 
 
 def get_job(job_id: int) -> Call[JobRecord | None]:

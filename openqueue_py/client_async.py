@@ -226,5 +226,15 @@ class AsyncClient:
     ) -> datetime | None:
         return await self._run(_sql.next_run_at(queue_names), conn)
 
+    async def set_queue_max_payload(
+        self, queue_name: str, max_bytes: int | None = None, *, conn: psycopg.AsyncConnection | None = None
+    ) -> None:
+        """Largest payload (bytes of its JSON text) queue_name accepts; None: the default, 1 MiB."""
+        await self._run(_sql.set_queue_max_payload(queue_name, max_bytes), conn)
+
+    async def schema_version(self, *, conn: psycopg.AsyncConnection | None = None) -> int:
+        """The installed schema version (what ``oq_schema_version()`` returns)."""
+        return await self._run(_sql.schema_version(), conn)
+
     async def get_job(self, job_id: int, *, conn: psycopg.AsyncConnection | None = None) -> JobRecord | None:
         return await self._run(_sql.get_job(job_id), conn)

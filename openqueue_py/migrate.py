@@ -62,6 +62,17 @@ def load_migrations(directory: Path | None = None) -> list[Migration]:
     return migrations
 
 
+# After the last migration, on every run: roles, ownership, SECURITY DEFINER
+# and grants (schema version 3 and later). Idempotent, so a re-run leaves the
+# same ACLs; it also covers objects a later migration adds, and roles created
+# by hand after the first install.
+_SECURITY_STEP = (
+    "    if to_regprocedure('openqueue._apply_security()') is not null then\n"
+    "        perform openqueue._apply_security();\n"
+    "    end if;\n"
+)
+
+
 def render_installer(migrations: list[Migration]) -> str:
     """The text of sql/openqueue.sql for these migrations."""
     latest = migrations[-1].version
@@ -89,6 +100,9 @@ def render_installer(migrations: list[Migration]) -> str:
         "-- one transaction, under an advisory lock so that concurrent installers\n"
         "-- queue up instead of colliding. Running it again changes nothing.\n"
         "begin;\n\n"
+        "-- Nothing the installing session has planted in its search_path is seen\n"
+        "-- by the migrations (every reference in them is schema-qualified).\n"
+        "set local search_path = pg_catalog, pg_temp;\n\n"
         "do $oq_lock$\n"
         "begin\n"
         f"    perform pg_advisory_xact_lock(hashtextextended('{INSTALL_LOCK_KEY}', 0));\n"
@@ -108,7 +122,7 @@ def render_installer(migrations: list[Migration]) -> str:
         f"            message = format('openqueue schema version %s is newer than this "
         f"installer (version {latest})', v_current),\n"
         "            hint = 'install a newer OpenQueue release';\n"
-        "    end if;\n" + "".join(steps) + "end\n"
+        "    end if;\n" + "".join(steps) + _SECURITY_STEP + "end\n"
         "$oq_install$;\n\n"
         "commit;\n"
     )
