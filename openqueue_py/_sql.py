@@ -57,6 +57,9 @@ _TYPES = {
     "older_than": "interval",
     "include_dead": "boolean",
     "queue_names": "text[]",
+    "job_ids": "bigint[]",
+    "lease_tokens": "uuid[]",
+    "results": "jsonb[]",
 }
 
 
@@ -108,6 +111,14 @@ def _token(value: Any) -> UUID | None:
         return UUID(str(value))
     except ValueError as exc:
         raise InvalidArgument(f"lease_token is not a UUID: {value!r}") from exc
+
+
+def _list(value: Any, name: str) -> list[Any] | None:
+    if value is None:
+        return None
+    if isinstance(value, str | bytes | dict) or not isinstance(value, Sequence):
+        raise InvalidArgument(f"{name} must be a list, got {type(value).__name__}")
+    return list(value)
 
 
 def _integer(value: Any, name: str) -> int | None:
@@ -238,6 +249,22 @@ def ack(job_id: int, lease_token: UUID | str, result: Any) -> Call[bool]:
         "result": _json(result, "result"),
     }
     return _call("oq_ack", _required(args, "job_id", "lease_token"), _scalar)
+
+
+def ack_many(
+    job_ids: Sequence[int], lease_tokens: Sequence[UUID | str], results: Sequence[Any] | None
+) -> Call[list[int]]:
+    ids, tokens, values = (
+        _list(job_ids, "job_ids"),
+        _list(lease_tokens, "lease_tokens"),
+        _list(results, "results"),
+    )
+    args = {
+        "job_ids": None if ids is None else [_integer(i, "job_ids[]") for i in ids],
+        "lease_tokens": None if tokens is None else [_token(t) for t in tokens],
+        "results": None if values is None else [_json(v, "results[]") for v in values],
+    }
+    return _call("oq_ack_many", _required(args, "job_ids", "lease_tokens"), _column, table=True)
 
 
 def nack(

@@ -175,6 +175,16 @@ class Client:
     ) -> bool:
         return self._run(_sql.ack(job_id, lease_token, result), conn)
 
+    def ack_many(
+        self,
+        job_ids: Sequence[int],
+        lease_tokens: Sequence[UUID | str],
+        results: Sequence[Any] | None = None,
+        *,
+        conn: psycopg.Connection | None = None,
+    ) -> list[int]:
+        return self._run(_sql.ack_many(job_ids, lease_tokens, results), conn)
+
     def nack(
         self,
         job_id: int,

@@ -175,6 +175,16 @@ class AsyncClient:
     ) -> bool:
         return await self._run(_sql.ack(job_id, lease_token, result), conn)
 
+    async def ack_many(
+        self,
+        job_ids: Sequence[int],
+        lease_tokens: Sequence[UUID | str],
+        results: Sequence[Any] | None = None,
+        *,
+        conn: psycopg.AsyncConnection | None = None,
+    ) -> list[int]:
+        return await self._run(_sql.ack_many(job_ids, lease_tokens, results), conn)
+
     async def nack(
         self,
         job_id: int,
