@@ -42,9 +42,13 @@ ARG_TYPES = {
     "backoff_max": "interval",
     "older_than": "interval",
     "include_dead": "boolean",
+    "job_ids": "bigint[]",
+    "lease_tokens": "uuid[]",
+    "results": "jsonb[]",
 }
 
 JSONB_ARGS = {"payload", "payloads", "result"}
+JSONB_ARRAY_ARGS = {"results"}
 
 # The columns openqueue.jobs must show (CONTRACT.md section 3).
 DOCUMENTED_JOB_COLUMNS = (
@@ -69,6 +73,8 @@ DOCUMENTED_JOB_COLUMNS = (
 def _param(name: str, value: Any) -> Any:
     if name in JSONB_ARGS and value is not None:
         return Jsonb(value)
+    if name in JSONB_ARRAY_ARGS and value is not None:
+        return [None if v is None else Jsonb(v) for v in value]
     return value
 
 
@@ -112,6 +118,11 @@ def heartbeat(conn, job_id, lease_token, **kw) -> datetime | None:
 
 def ack(conn, job_id, lease_token, **kw) -> bool:
     return scalar(conn, "oq_ack", job_id=job_id, lease_token=lease_token, **kw)
+
+
+def ack_many(conn, job_ids, lease_tokens, **kw) -> list[int]:
+    rows = call(conn, "oq_ack_many", job_ids=job_ids, lease_tokens=lease_tokens, **kw).fetchall()
+    return [row["oq_ack_many"] for row in rows]
 
 
 def nack(conn, job_id, lease_token, **kw) -> str | None:

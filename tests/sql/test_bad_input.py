@@ -180,6 +180,35 @@ BAD_ARGUMENTS = [
         INVALID,
         "retry_in",
     ),
+    # oq_ack_many
+    (
+        "select * from openqueue.oq_ack_many(job_ids => NULL, lease_tokens => array[%(token)s]::uuid[])",
+        NULL,
+        "job_ids",
+    ),
+    (
+        "select * from openqueue.oq_ack_many(job_ids => array[%(job)s]::bigint[], lease_tokens => NULL)",
+        NULL,
+        "lease_tokens",
+    ),
+    (
+        "select * from openqueue.oq_ack_many(job_ids => array[%(job)s, 1]::bigint[],"
+        " lease_tokens => array[%(token)s]::uuid[])",
+        INVALID,
+        "lease_tokens",
+    ),
+    (
+        "select * from openqueue.oq_ack_many(job_ids => array[%(job)s]::bigint[],"
+        " lease_tokens => array[%(token)s]::uuid[], results => array['{}', '{}']::jsonb[])",
+        INVALID,
+        "results",
+    ),
+    (
+        "select * from openqueue.oq_ack_many(job_ids => array[%(job)s, NULL]::bigint[],"
+        " lease_tokens => array[%(token)s, %(token)s]::uuid[])",
+        NULL,
+        "job_ids",
+    ),
     # oq_cancel / oq_replay
     ("select openqueue.oq_cancel(job_id => NULL)", NULL, "job_id"),
     ("select openqueue.oq_replay(job_id => NULL)", NULL, "job_id"),
