@@ -334,6 +334,82 @@ def get_job(job_id: int) -> Call[JobRecord | None]:
     )
 
 
+# -- the worker runtime's own statements ------------------------------------------------
+# Each wraps a contract function so that the database, not the worker's clock,
+# says how much time is left: intervals come back as seconds (float) computed
+# against the database's now(), and the worker schedules them on its monotonic
+# clock. Arguments are the worker's own and already checked.
+
+# Any constant: it only has to be the same for every worker (and differ from install's).
+REAP_LOCK_KEY = "openqueue.reap"
+
+
+def lease_timed(
+    queue_name: str, worker_id: str, lease_seconds: int | None, batch_size: int
+) -> Call[list[tuple[Leased, float]]]:
+    """oq_lease, each row with the seconds left on its lease."""
+    inner = lease(queue_name, worker_id, lease_seconds, batch_size)
+    function_call = inner.query.removeprefix("select * from ")
+    query = f"select l.*, extract(epoch from l.lease_expires_at - now())::float8 from {function_call} as l"
+    as_leased = _leased(queue_name)
+
+    def decode(rows: Rows) -> list[tuple[Leased, float]]:
+        return list(zip(as_leased(rows), (r[9] for r in rows), strict=True))
+
+    return Call(query, inner.params, decode)
+
+
+def heartbeat_many(
+    job_ids: list[int], lease_tokens: list[UUID], lease_seconds: int | None
+) -> Call[list[tuple[int, datetime | None, float | None]]]:
+    """oq_heartbeat for every (id, token) pair in ONE statement: (id, new expiry, seconds left)."""
+    query = (
+        "with beats as materialized ("
+        " select u.job_id, openqueue.oq_heartbeat(job_id => u.job_id, lease_token => u.lease_token,"
+        " lease_seconds => %(lease_seconds)s::integer) as expires_at"
+        " from unnest(%(job_ids)s::bigint[], %(lease_tokens)s::uuid[]) as u (job_id, lease_token))"
+        " select b.job_id, b.expires_at, extract(epoch from b.expires_at - now())::float8 from beats as b"
+    )
+    params = {"job_ids": job_ids, "lease_tokens": lease_tokens, "lease_seconds": lease_seconds}
+    return Call(query, params, lambda rows: [(r[0], r[1], r[2]) for r in rows])
+
+
+def ack_many_json(
+    job_ids: list[int], lease_tokens: list[UUID], results: list[str | None] | None
+) -> Call[list[int]]:
+    """oq_ack_many with results already serialised to JSON text (None: no result)."""
+    sent = {"job_ids": job_ids, "lease_tokens": lease_tokens}
+    arguments = "job_ids => %(job_ids)s::bigint[], lease_tokens => %(lease_tokens)s::uuid[]"
+    if results is not None:
+        sent["results"] = results
+        arguments += ", results => %(results)s::text[]::jsonb[]"
+    return Call(f"select * from openqueue.oq_ack_many({arguments})", sent, _column)
+
+
+def reap_exclusive() -> Call[int | None]:
+    """oq_reap unless another worker is reaping right now (then NULL, nothing done).
+
+    The transaction-level advisory lock lives exactly as long as this one
+    autocommit statement, so one reaper runs at a time and nobody waits.
+    """
+    return Call(
+        "select case when pg_try_advisory_xact_lock(hashtextextended(%(key)s, 0))"
+        " then openqueue.oq_reap() end",
+        {"key": REAP_LOCK_KEY},
+        _scalar,
+    )
+
+
+def next_run_in(queue_names: Sequence[str]) -> Call[float | None]:
+    """Seconds from the database's now() to the earliest future run_at of these queues."""
+    return Call(
+        "select extract(epoch from openqueue.oq_next_run_at(queue_names => %(queue_names)s::text[]) - now())"
+        "::float8",
+        {"queue_names": list(queue_names)},
+        _scalar,
+    )
+
+
 def _required(args: dict[str, Any], *names: str) -> dict[str, Any]:
     for name in names:
         if args[name] is None:
