@@ -359,8 +359,22 @@ def lease_timed(
     return Call(query, inner.params, decode)
 
 
+def _array_literal(values: Sequence[object]) -> str:
+    """``{1,2,3}``: arrays of ids and tokens as one text parameter.
+
+    psycopg adapts a list element by element in Python (about 8 us each);
+    joining plain ints and hex UUIDs is some 50 times cheaper, and the
+    worker's hot path sends two such arrays per batch.
+    """
+    return "{" + ",".join(map(str, values)) + "}"
+
+
+def _token_literal(tokens: Sequence[UUID]) -> str:
+    return "{" + ",".join(token.hex for token in tokens) + "}"
+
+
 def heartbeat_many(
-    job_ids: list[int], lease_tokens: list[UUID], lease_seconds: int | None
+    job_ids: Sequence[int], lease_tokens: Sequence[UUID], lease_seconds: int | None
 ) -> Call[list[tuple[int, datetime | None, float | None]]]:
     """oq_heartbeat for every (id, token) pair in ONE statement: (id, new expiry, seconds left)."""
     query = (
@@ -370,19 +384,31 @@ def heartbeat_many(
         " from unnest(%(job_ids)s::bigint[], %(lease_tokens)s::uuid[]) as u (job_id, lease_token))"
         " select b.job_id, b.expires_at, extract(epoch from b.expires_at - now())::float8 from beats as b"
     )
-    params = {"job_ids": job_ids, "lease_tokens": lease_tokens, "lease_seconds": lease_seconds}
+    params = {
+        "job_ids": _array_literal(job_ids),
+        "lease_tokens": _token_literal(lease_tokens),
+        "lease_seconds": lease_seconds,
+    }
     return Call(query, params, lambda rows: [(r[0], r[1], r[2]) for r in rows])
 
 
 def ack_many_json(
-    job_ids: list[int], lease_tokens: list[UUID], results: list[str | None] | None
+    job_ids: Sequence[int], lease_tokens: Sequence[UUID], results: Sequence[str | None] | None
 ) -> Call[list[int]]:
-    """oq_ack_many with results already serialised to JSON text (None: no result)."""
-    sent = {"job_ids": job_ids, "lease_tokens": lease_tokens}
+    """oq_ack_many with results already serialised to JSON text (None: no result).
+
+    The results travel as one JSON array, unpacked in order in SQL; a JSON
+    ``null`` element (the handler returned None) becomes SQL NULL, as with oq_ack.
+    """
+    sent = {"job_ids": _array_literal(job_ids), "lease_tokens": _token_literal(lease_tokens)}
     arguments = "job_ids => %(job_ids)s::bigint[], lease_tokens => %(lease_tokens)s::uuid[]"
     if results is not None:
-        sent["results"] = results
-        arguments += ", results => %(results)s::text[]::jsonb[]"
+        sent["results"] = "[" + ",".join("null" if text is None else text for text in results) + "]"
+        arguments += (
+            ", results => array(select nullif(e.value, 'null'::jsonb)"
+            " from jsonb_array_elements(%(results)s::jsonb) with ordinality as e (value, position)"
+            " order by e.position)"
+        )
     return Call(f"select * from openqueue.oq_ack_many({arguments})", sent, _column)
 
 
