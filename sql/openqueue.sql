@@ -1347,6 +1347,1206 @@ comment on function openqueue.oq_ack_many(bigint[], uuid[], jsonb[]) is
 'once. Errors 22004 for a NULL array or element, 22023 for arrays of different lengths.';
 
 revoke all on function openqueue.oq_ack_many(bigint[], uuid[], jsonb[]) from public;
+
+-- ---------------------------------------------------------------------------
+-- live_jobs for churn.
+--
+-- 1. Heartbeats are HOT updates. A HOT update (new row version on the same
+--    page, no index entry) is possible only when no indexed column changes;
+--    columns in a partial index's predicate count as indexed. Version 1
+--    indexed lease_expires_at for oq_reap, so every heartbeat wrote a new
+--    entry into every index of the hottest table. The in-flight rows are now
+--    found through a partial index on id alone: oq_reap reads all processing
+--    rows (as many as jobs are running, bounded by the workers' slots) and
+--    checks their expiry itself. A heartbeat changes lease_expires_at only,
+--    which is in no index and no predicate, so it is HOT whenever the page
+--    has room (fillfactor 80 keeps room).
+--
+-- 2. Scheduled and backing-off jobs stay out of the lease index. The lease
+--    order is (priority desc, run_at, id), so in version 1 a million jobs
+--    scheduled for tomorrow at a higher priority sat in front of every due
+--    job, and each lease walked past all of them (PostgreSQL 15 has no skip
+--    scan). Now a waiting job is either "due" (in live_jobs_lease_order,
+--    partial on due) or not yet (in live_jobs_scheduled, a small index on
+--    (queue_name, run_at)). oq_lease first promotes the queue's not-yet-due
+--    jobs whose run_at has come (one index descent when there are none),
+--    then reads the lease index, which only holds due jobs: O(batch) entries.
+--    The flag is internal: openqueue.jobs shows the contract's statuses.
+--    Its default is false, so a row inserted by hand is at worst promoted
+--    one lease later, never leased early (oq_lease also checks run_at).
+-- ---------------------------------------------------------------------------
+
+alter table openqueue.live_jobs add column due boolean not null default false;
+
+comment on column openqueue.live_jobs.due is
+'Internal: the waiting job is in the lease index (run_at has come). Set by '
+'the functions and by a trigger when run_at changes; oq_lease promotes the rest.';
+
+update openqueue.live_jobs as lj
+set due = true
+where lj.status = 'processing' or lj.run_at <= now();
+
+drop index openqueue.live_jobs_lease_order;
+
+drop index openqueue.live_jobs_lease_expiry;
+
+-- oq_lease: due jobs only, in lease order; the first batch_size entries are
+-- the answer.
+create index live_jobs_lease_order
+on openqueue.live_jobs (queue_name, priority desc, run_at, id)
+where status in ('pending', 'failed') and due;
+
+-- Jobs waiting for their run_at (scheduled, or failed and backing off), by
+-- run_at: oq_lease promotes from its left edge, oq_next_run_at reads its
+-- first entry per queue.
+create index live_jobs_scheduled
+on openqueue.live_jobs (queue_name, run_at)
+where status in ('pending', 'failed') and not due;
+
+-- oq_reap: the running jobs. On id, not lease_expires_at, so that heartbeats
+-- stay HOT (see above).
+create index live_jobs_in_flight
+on openqueue.live_jobs (id)
+where status = 'processing';
+
+-- Whoever moves run_at (operators and tests, through openqueue.jobs or the
+-- table) moves the job between the two indexes. Fires only for statements
+-- that set run_at: never on lease, heartbeat or ack.
+create function openqueue._live_jobs_run_at_moved()
+returns trigger
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    new.due := new.run_at <= now();
+    return new;
+end;
+$$;
+
+comment on function openqueue._live_jobs_run_at_moved() is
+'Internal: BEFORE UPDATE OF run_at on live_jobs; a job is due exactly when its new run_at has come.';
+
+create trigger live_jobs_run_at_moved
+before update of run_at on openqueue.live_jobs
+for each row
+when (old.run_at is distinct from new.run_at)
+execute function openqueue._live_jobs_run_at_moved();
+
+-- Promote a queue's waiting jobs whose run_at has come into the lease index,
+-- oldest run_at first, at most max_rows (so that a million jobs falling due
+-- at once are spread over many short leases instead of one long one; the
+-- lease order is exact whenever fewer than max_rows fell due since the last
+-- lease). SKIP LOCKED: a row another leaser is promoting is its business.
+create function openqueue._promote_due(queue_name text, max_rows integer)
+returns integer
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_count integer;
+begin
+    update openqueue.live_jobs as lj
+    set due = true
+    where lj.id = any(array(
+        select s.id
+        from openqueue.live_jobs as s
+        where s.queue_name = _promote_due.queue_name
+          and s.status in ('pending', 'failed')
+          and not s.due
+          and s.run_at <= now()
+        order by s.run_at
+        limit _promote_due.max_rows
+        for update skip locked
+    ));
+    get diagnostics v_count = row_count;
+    return v_count;
+end;
+$$;
+
+comment on function openqueue._promote_due(text, integer) is
+'Internal: move up to max_rows waiting jobs of queue_name whose run_at has come '
+'into the lease index (live_jobs_lease_order); returns how many.';
+
+-- ---------------------------------------------------------------------------
+-- Counters of finished jobs, for oq_stats. Counting 10 million finished rows
+-- takes seconds; summing a few counter rows takes microseconds. Maintained by
+-- statement-level triggers with transition tables on finished_jobs, so that
+-- every path that moves jobs in or out (ack, oq_ack_many, nack and reap to
+-- dead, cancel, replay, purge, DELETE or UPDATE through openqueue.jobs, even
+-- a hand-written INSERT) keeps them exact, with one upsert per statement and
+-- (queue, status) rather than per row. Sharded by backend pid (16 shards) so
+-- that concurrent ackers do not queue on one counter row until commit.
+-- ---------------------------------------------------------------------------
+
+create table openqueue.finished_counts (
+    queue_name text not null,
+    status text not null,
+    shard integer not null,
+    jobs bigint not null,
+    constraint finished_counts_pkey primary key (queue_name, status, shard)
+) with (fillfactor = 50);
+
+comment on table openqueue.finished_counts is
+'Internal: finished jobs per queue and status, in 16 shards to sum; kept by '
+'triggers on finished_jobs. Read oq_stats() instead.';
+
+create function openqueue._finished_counts_inserted()
+returns trigger
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    insert into openqueue.finished_counts as fc (queue_name, status, shard, jobs)
+    select n.queue_name, n.status, pg_backend_pid() % 16, count(*)
+    from new_rows as n
+    group by n.queue_name, n.status
+    order by n.queue_name, n.status
+    on conflict on constraint finished_counts_pkey do update
+    set jobs = fc.jobs + excluded.jobs;
+    return null;
+end;
+$$;
+
+comment on function openqueue._finished_counts_inserted() is
+'Internal: AFTER INSERT (per statement) on finished_jobs: count the new rows.';
+
+create function openqueue._finished_counts_deleted()
+returns trigger
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    insert into openqueue.finished_counts as fc (queue_name, status, shard, jobs)
+    select o.queue_name, o.status, pg_backend_pid() % 16, -count(*)
+    from old_rows as o
+    group by o.queue_name, o.status
+    order by o.queue_name, o.status
+    on conflict on constraint finished_counts_pkey do update
+    set jobs = fc.jobs + excluded.jobs;
+    return null;
+end;
+$$;
+
+comment on function openqueue._finished_counts_deleted() is
+'Internal: AFTER DELETE (per statement) on finished_jobs: uncount the deleted rows.';
+
+create function openqueue._finished_counts_updated()
+returns trigger
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    insert into openqueue.finished_counts as fc (queue_name, status, shard, jobs)
+    select c.queue_name, c.status, pg_backend_pid() % 16, sum(c.jobs)
+    from (
+        select n.queue_name, n.status, 1 as jobs from new_rows as n
+        union all
+        select o.queue_name, o.status, -1 as jobs from old_rows as o
+    ) as c
+    group by c.queue_name, c.status
+    having sum(c.jobs) <> 0
+    order by c.queue_name, c.status
+    on conflict on constraint finished_counts_pkey do update
+    set jobs = fc.jobs + excluded.jobs;
+    return null;
+end;
+$$;
+
+comment on function openqueue._finished_counts_updated() is
+'Internal: AFTER UPDATE (per statement) on finished_jobs: move counts when a '
+'row''s queue_name or status changed.';
+
+create function openqueue._finished_counts_truncated()
+returns trigger
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    delete from openqueue.finished_counts;
+    return null;
+end;
+$$;
+
+comment on function openqueue._finished_counts_truncated() is
+'Internal: AFTER TRUNCATE on finished_jobs: no finished jobs, no counts.';
+
+-- CREATE TRIGGER locks finished_jobs against writes until the installer
+-- commits, so the initial counts below cannot miss a concurrent ack.
+create trigger finished_counts_inserted
+after insert on openqueue.finished_jobs
+referencing new table as new_rows
+for each statement execute function openqueue._finished_counts_inserted();
+
+create trigger finished_counts_deleted
+after delete on openqueue.finished_jobs
+referencing old table as old_rows
+for each statement execute function openqueue._finished_counts_deleted();
+
+create trigger finished_counts_updated
+after update on openqueue.finished_jobs
+referencing old table as old_rows new table as new_rows
+for each statement execute function openqueue._finished_counts_updated();
+
+create trigger finished_counts_truncated
+after truncate on openqueue.finished_jobs
+for each statement execute function openqueue._finished_counts_truncated();
+
+insert into openqueue.finished_counts (queue_name, status, shard, jobs)
+select
+    fj.queue_name,
+    fj.status,
+    0 as shard,
+    count(*) as jobs
+from openqueue.finished_jobs as fj
+group by fj.queue_name, fj.status;
+
+-- ---------------------------------------------------------------------------
+-- NOTIFY economy.
+--
+-- PostgreSQL folds identical notifications (same channel, same payload)
+-- raised in one transaction into one, so a transaction that enqueues many
+-- jobs into a queue sends one NOTIFY for that queue, whatever the number.
+--
+-- A queue may also opt in to notify only when a worker waits for it
+-- (notify_mode 'when_waiting'; the default 'always' is the contract's
+-- behaviour). A worker that found its queues empty registers in
+-- queue_waiters with oq_wait() before it sleeps; a producer notifies only when
+-- it finds an unexpired registration. No wake-up is lost, thanks to an
+-- advisory lock (key openqueue._waiters_lock_key()):
+--   * oq_wait takes it EXCLUSIVE, upserts the registration and commits;
+--   * a producer on a 'when_waiting' queue takes it SHARED after inserting its
+--     job, then, in a new statement (a fresh snapshot), looks for a
+--     registration, and notifies (on commit) if there is one.
+-- If the waiter got the lock first, the producer's shared lock waited for the
+-- waiter's commit, so the producer's fresh snapshot sees the registration and
+-- it notifies. If the producer got it first, the waiter's exclusive lock
+-- waited for the producer's commit, so the job is committed before oq_wait
+-- returns and the worker's next lease (which the protocol requires, after
+-- oq_wait and before sleeping) sees it. A producer running at REPEATABLE
+-- READ or SERIALIZABLE has no fresh snapshot, so it always notifies.
+-- One key for all queues rather than one per queue: a waiter registers for
+-- several queues and a producer may enqueue into several in one transaction;
+-- with one exclusive lock per queue the two could wait for each other in
+-- opposite orders (a deadlock that would abort the producer). With a single
+-- key a producer only ever waits behind a waiter in the lock queue, which
+-- PostgreSQL's deadlock detector resolves by reordering, never by aborting.
+-- ---------------------------------------------------------------------------
+
+alter table openqueue.queues add column notify_mode text not null default 'always';
+
+alter table openqueue.queues add constraint notify_mode_known check (
+    notify_mode in ('always', 'when_waiting')
+);
+
+comment on column openqueue.queues.notify_mode is
+'always (default): every enqueue of a due job notifies. when_waiting: only '
+'while a worker is registered by oq_wait(). Set with oq_set_queue_notify().';
+
+create table openqueue.queue_waiters (
+    queue_name text not null,
+    worker_id text not null,
+    wait_until timestamptz not null,
+    constraint queue_waiters_pkey primary key (queue_name, worker_id)
+);
+
+comment on table openqueue.queue_waiters is
+'Internal: workers waiting for jobs (oq_wait), until wait_until; read by '
+'enqueues on when_waiting queues. Expired rows are removed by oq_wait and oq_reap.';
+
+create function openqueue._waiters_lock_key()
+returns bigint
+language sql
+immutable
+set search_path = pg_catalog, pg_temp
+as $$
+    select 478892509123815811::bigint  -- hashtextextended('openqueue.waiters', 0), fixed
+$$;
+
+comment on function openqueue._waiters_lock_key() is
+'Internal: the advisory lock key that orders oq_wait registrations against '
+'enqueues on when_waiting queues.';
+
+-- Called by the enqueue functions for a when_waiting queue, after the insert.
+create function openqueue._waiter_present(queue_name text)
+returns boolean
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if current_setting('transaction_isolation') <> 'read committed' then
+        return true;  -- no fresh snapshot below: notify, as with 'always'
+    end if;
+    perform pg_advisory_xact_lock_shared(openqueue._waiters_lock_key());
+    -- A new statement: its snapshot sees every registration committed
+    -- before the lock above was granted.
+    return exists (
+        select
+        from openqueue.queue_waiters as w
+        where w.queue_name = _waiter_present.queue_name
+          and w.wait_until > now()
+    );
+end;
+$$;
+
+comment on function openqueue._waiter_present(text) is
+'Internal: for a when_waiting queue, after the job is inserted: is a worker '
+'registered as waiting (see the protocol at openqueue.queue_waiters)?';
+
+create function openqueue.oq_set_queue_notify(queue_name text, mode text)
+returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform openqueue._check_queue_name(oq_set_queue_notify.queue_name);
+    if oq_set_queue_notify.mode is null then
+        perform openqueue._raise_null('mode');
+    elsif oq_set_queue_notify.mode not in ('always', 'when_waiting') then
+        perform openqueue._raise_invalid(
+            'mode', format('must be ''always'' or ''when_waiting'', got %L', oq_set_queue_notify.mode)
+        );
+    end if;
+    insert into openqueue.queues as q (queue_name, notify_mode)
+    values (oq_set_queue_notify.queue_name, oq_set_queue_notify.mode)
+    on conflict on constraint queues_pkey do update
+    set
+        notify_mode = excluded.notify_mode,
+        updated_at = now();
+end;
+$$;
+
+comment on function openqueue.oq_set_queue_notify(text, text) is
+'Set when enqueues into queue_name send NOTIFY openqueue: mode ''always'' '
+'(the default: every enqueue of a due job, and openqueue_scheduled for a '
+'future one) or ''when_waiting'' (only while a worker is registered by '
+'oq_wait; saves the cost of notifications nobody waits for). Errors '
+'22004/22023 for a bad queue_name or mode.';
+
+create function openqueue.oq_wait(queue_names text[], worker_id text, seconds integer default 60)
+returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_queue text;
+begin
+    if oq_wait.queue_names is null then
+        perform openqueue._raise_null('queue_names');
+    end if;
+    foreach v_queue in array oq_wait.queue_names loop
+        perform openqueue._check_queue_name(v_queue, 'queue_names');
+    end loop;
+    if oq_wait.worker_id is null then
+        perform openqueue._raise_null('worker_id');
+    elsif oq_wait.worker_id = '' then
+        perform openqueue._raise_invalid('worker_id', 'must not be empty');
+    end if;
+    if oq_wait.seconds is null then
+        perform openqueue._raise_null('seconds');
+    end if;
+    perform openqueue._check_range('seconds', oq_wait.seconds, 1, 86400);
+
+    -- Waits for every producer of a when_waiting queue that is between its
+    -- insert and its commit (see openqueue.queue_waiters).
+    perform pg_advisory_xact_lock(openqueue._waiters_lock_key());
+
+    delete from openqueue.queue_waiters as w where w.wait_until <= now();
+
+    insert into openqueue.queue_waiters as w (queue_name, worker_id, wait_until)
+    select distinct u.queue_name, oq_wait.worker_id, now() + make_interval(secs => oq_wait.seconds)
+    from unnest(oq_wait.queue_names) as u (queue_name)
+    order by u.queue_name
+    on conflict on constraint queue_waiters_pkey do update
+    set wait_until = excluded.wait_until;
+end;
+$$;
+
+comment on function openqueue.oq_wait(text[], text, integer) is
+'Register worker_id as waiting for jobs of queue_names for the next seconds '
+'(default 60, 1 to 86400), so that enqueues into when_waiting queues notify '
+'it. Protocol, for a worker that found its queues empty: LISTEN openqueue; '
+'call oq_wait in its own transaction (autocommit); lease once more; only if '
+'that finds nothing, sleep until a notification or the timeout. No wake-up '
+'is lost: oq_wait waits for producers that are between their insert and '
+'their commit. Errors 22004/22023 for bad queue_names, worker_id or seconds.';
+
+-- ---------------------------------------------------------------------------
+-- Functions that place waiting jobs: the same behaviour as version 1, plus
+-- the due flag.
+-- ---------------------------------------------------------------------------
+
+create or replace function openqueue.oq_enqueue(
+    queue_name text,
+    payload jsonb,
+    priority integer default 0,
+    run_at timestamptz default now(),
+    max_attempts integer default null,  -- null: the queue's setting
+    idempotency_key text default null
+)
+returns bigint
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_id bigint;
+    v_existing bigint;
+    v_run_at timestamptz := coalesce(oq_enqueue.run_at, now());
+    v_due boolean := coalesce(oq_enqueue.run_at, now()) <= now();
+    v_max_attempts integer;
+    v_notify_mode text;
+begin
+    perform openqueue._check_queue_name(oq_enqueue.queue_name);
+    if oq_enqueue.payload is null then
+        perform openqueue._raise_null('payload');
+    end if;
+    perform openqueue._check_range('max_attempts', oq_enqueue.max_attempts, 1, 2147483647);
+
+    -- One lookup for both settings this needs. The built-in default of
+    -- max_attempts (5) is openqueue._queue_settings's.
+    select coalesce(oq_enqueue.max_attempts, q.max_attempts, 5), coalesce(q.notify_mode, 'always')
+    into v_max_attempts, v_notify_mode
+    from (select 1) as one
+    left join openqueue.queues as q on q.queue_name = oq_enqueue.queue_name;
+
+    v_id := nextval('openqueue.job_id_seq');
+
+    if oq_enqueue.idempotency_key is not null then
+        -- The primary key makes concurrent enqueues with one key race-free:
+        -- the loser waits for the winner's commit, then sees its row.
+        insert into openqueue.idempotency_keys as ik (queue_name, idempotency_key, job_id)
+        values (oq_enqueue.queue_name, oq_enqueue.idempotency_key, v_id)
+        on conflict on constraint idempotency_keys_pkey do nothing;
+        if not found then
+            select ik.job_id into v_existing
+            from openqueue.idempotency_keys as ik
+            where ik.queue_name = oq_enqueue.queue_name
+              and ik.idempotency_key = oq_enqueue.idempotency_key;
+            return v_existing;
+        end if;
+    end if;
+
+    insert into openqueue.live_jobs as lj (
+        id, queue_name, priority, run_at, max_attempts, payload, idempotency_key, due
+    )
+    values (
+        v_id,
+        oq_enqueue.queue_name,
+        coalesce(oq_enqueue.priority, 0),
+        v_run_at,
+        v_max_attempts,
+        oq_enqueue.payload,
+        oq_enqueue.idempotency_key,
+        v_due
+    );
+
+    -- Due now: wake a worker. Due later: tell sleeping workers on a second
+    -- channel, so that they shorten their sleep to the new run_at. A
+    -- when_waiting queue does either only while a worker waits.
+    if v_notify_mode = 'when_waiting' and not openqueue._waiter_present(oq_enqueue.queue_name) then
+        return v_id;
+    end if;
+    if v_due then
+        perform pg_notify('openqueue', oq_enqueue.queue_name);
+    else
+        perform pg_notify('openqueue_scheduled', oq_enqueue.queue_name);
+    end if;
+    return v_id;
+end;
+$$;
+
+create or replace function openqueue.oq_enqueue_batch(
+    queue_name text,
+    payloads jsonb,
+    priority integer default 0,
+    run_at timestamptz default now(),
+    max_attempts integer default null  -- null: the queue's setting
+)
+returns setof bigint
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_run_at timestamptz := coalesce(oq_enqueue_batch.run_at, now());
+    v_due boolean := coalesce(oq_enqueue_batch.run_at, now()) <= now();
+    v_max_attempts integer;
+    v_notify_mode text;
+    v_count bigint;
+begin
+    perform openqueue._check_queue_name(oq_enqueue_batch.queue_name);
+    if oq_enqueue_batch.payloads is null then
+        perform openqueue._raise_null('payloads');
+    elsif jsonb_typeof(oq_enqueue_batch.payloads) <> 'array' then
+        perform openqueue._raise_invalid(
+            'payloads',
+            format('must be a JSON array, got a JSON %s', jsonb_typeof(oq_enqueue_batch.payloads))
+        );
+    end if;
+    perform openqueue._check_range('max_attempts', oq_enqueue_batch.max_attempts, 1, 2147483647);
+
+    -- One lookup for both settings this needs (default max_attempts: see
+    -- openqueue._queue_settings).
+    select coalesce(oq_enqueue_batch.max_attempts, q.max_attempts, 5), coalesce(q.notify_mode, 'always')
+    into v_max_attempts, v_notify_mode
+    from (select 1) as one
+    left join openqueue.queues as q on q.queue_name = oq_enqueue_batch.queue_name;
+
+    -- Ids are drawn in array order before the insert, so the result order
+    -- does not depend on the order INSERT ... RETURNING happens to use.
+    return query
+    with numbered as (
+        select
+            nextval('openqueue.job_id_seq') as job_id,
+            elem.value as payload,
+            elem.ordinality
+        from jsonb_array_elements(oq_enqueue_batch.payloads) with ordinality as elem
+    ),
+
+    inserted as (  -- noqa: ST03
+        insert into openqueue.live_jobs (id, queue_name, priority, run_at, max_attempts, payload, due)
+        select
+            n.job_id,
+            oq_enqueue_batch.queue_name,
+            coalesce(oq_enqueue_batch.priority, 0),
+            v_run_at,
+            v_max_attempts,
+            n.payload,
+            v_due
+        from numbered as n
+    )
+
+    -- A data-modifying CTE runs whether or not the outer query reads it.
+    select n.job_id
+    from numbered as n
+    order by n.ordinality;
+
+    get diagnostics v_count = row_count;
+    if v_count = 0
+       or (v_notify_mode = 'when_waiting' and not openqueue._waiter_present(oq_enqueue_batch.queue_name)) then
+        return;
+    end if;
+    if v_due then
+        perform pg_notify('openqueue', oq_enqueue_batch.queue_name);
+    else
+        perform pg_notify('openqueue_scheduled', oq_enqueue_batch.queue_name);
+    end if;
+end;
+$$;
+
+create or replace function openqueue.oq_lease(
+    queue_name text,
+    worker_id text,
+    lease_seconds integer default null,  -- null: the queue's setting
+    batch_size integer default 1
+)
+returns table (
+    id bigint,
+    payload jsonb,
+    priority integer,
+    attempts integer,
+    max_attempts integer,
+    run_at timestamptz,
+    created_at timestamptz,
+    lease_token uuid,
+    lease_expires_at timestamptz
+)
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_lease interval;
+begin
+    perform openqueue._check_queue_name(oq_lease.queue_name);
+    if oq_lease.worker_id is null then
+        perform openqueue._raise_null('worker_id');
+    elsif oq_lease.worker_id = '' then
+        perform openqueue._raise_invalid('worker_id', 'must not be empty');
+    end if;
+    perform openqueue._check_range('lease_seconds', oq_lease.lease_seconds, 1, 86400);
+    if oq_lease.batch_size is null then
+        perform openqueue._raise_null('batch_size');
+    end if;
+    perform openqueue._check_range('batch_size', oq_lease.batch_size, 1, 10000);
+
+    if oq_lease.lease_seconds is null then
+        v_lease := make_interval(secs => (openqueue._queue_settings(oq_lease.queue_name)).lease_seconds);
+    else
+        v_lease := make_interval(secs => oq_lease.lease_seconds);
+    end if;
+
+    -- Jobs whose run_at has come join the lease index first; since that
+    -- index is ordered by run_at within a priority, they take their exact
+    -- place among the jobs that were due already.
+    perform openqueue._promote_due(oq_lease.queue_name, greatest(oq_lease.batch_size, 1000));
+
+    -- SKIP LOCKED lets any number of workers lease from one queue without
+    -- waiting on each other; live_jobs_lease_order holds due jobs only, so
+    -- this index scan stops after batch_size rows.
+    return query
+    with leased as (
+        update openqueue.live_jobs as lj
+        set
+            status = 'processing',
+            attempts = lj.attempts + 1,
+            lease_token = gen_random_uuid(),
+            leased_by = oq_lease.worker_id,
+            lease_expires_at = now() + v_lease
+        -- = any(array(...)) keeps the update a primary-key lookup per
+        -- claimed row, whatever the planner thinks of the table size.
+        where lj.id = any(array(
+            select c.id
+            from openqueue.live_jobs as c
+            where c.queue_name = oq_lease.queue_name
+              and c.status in ('pending', 'failed')
+              and c.due
+              and c.run_at <= now()
+            order by c.priority desc, c.run_at asc, c.id asc
+            limit oq_lease.batch_size
+            for update skip locked
+        ))
+        returning
+            lj.id, lj.payload, lj.priority, lj.attempts, lj.max_attempts,
+            lj.run_at, lj.created_at, lj.lease_token, lj.lease_expires_at
+    )
+
+    select
+        l.id, l.payload, l.priority, l.attempts, l.max_attempts,
+        l.run_at, l.created_at, l.lease_token, l.lease_expires_at
+    from leased as l
+    order by l.priority desc, l.run_at asc, l.id asc;
+end;
+$$;
+
+create or replace function openqueue.oq_nack(
+    job_id bigint,
+    lease_token uuid,
+    error text default null,
+    retry_in interval default null,  -- null: exponential backoff
+    retry boolean default true
+)
+returns text
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_job openqueue.live_jobs%rowtype;
+    v_settings record;
+    v_errors jsonb;
+    v_run_at timestamptz;
+begin
+    if oq_nack.job_id is null then
+        perform openqueue._raise_null('job_id');
+    end if;
+    if oq_nack.lease_token is null then
+        perform openqueue._raise_null('lease_token');
+    end if;
+    if oq_nack.retry_in < interval '0' then
+        perform openqueue._raise_invalid('retry_in', 'must not be negative');
+    end if;
+
+    select lj.* into v_job
+    from openqueue.live_jobs as lj
+    where lj.id = oq_nack.job_id
+      and lj.status = 'processing'
+      and lj.lease_token = oq_nack.lease_token
+    for update;
+    if not found then
+        return null;
+    end if;
+
+    v_errors := v_job.errors || openqueue._error_entry(v_job.attempts, oq_nack.error);
+
+    if coalesce(oq_nack.retry, true) and v_job.attempts < v_job.max_attempts then
+        if oq_nack.retry_in is null then
+            v_settings := openqueue._queue_settings(v_job.queue_name);
+            v_run_at := now() + openqueue._backoff(
+                v_job.attempts, v_settings.backoff_base, v_settings.backoff_max
+            );
+        else
+            v_run_at := now() + oq_nack.retry_in;
+        end if;
+        -- Backing off: out of the lease index until run_at comes.
+        update openqueue.live_jobs as lj
+        set
+            status = 'failed',
+            run_at = v_run_at,
+            due = v_run_at <= now(),
+            lease_token = null,
+            lease_expires_at = null,
+            errors = v_errors
+        where lj.id = v_job.id;
+        perform pg_notify('openqueue_scheduled', v_job.queue_name);
+        return 'failed';
+    end if;
+
+    delete from openqueue.live_jobs as lj where lj.id = v_job.id;
+    insert into openqueue.finished_jobs (
+        id, queue_name, status, priority, run_at, attempts, max_attempts,
+        leased_by, payload, errors, idempotency_key, created_at, finished_at
+    )
+    values (
+        v_job.id, v_job.queue_name, 'dead', v_job.priority, v_job.run_at, v_job.attempts,
+        v_job.max_attempts, v_job.leased_by, v_job.payload, v_errors, v_job.idempotency_key,
+        v_job.created_at, now()
+    );
+    return 'dead';
+end;
+$$;
+
+create or replace function openqueue.oq_reap()
+returns integer
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_dead integer;
+    v_queues text[];
+begin
+    -- SKIP LOCKED everywhere: a job being acked or heartbeated right now is
+    -- skipped rather than waited for; a later reap sees it if still expired.
+    -- Both claims read the in-flight rows through live_jobs_in_flight and
+    -- check their expiry row by row (lease_expires_at is not indexed, so
+    -- that heartbeats are HOT).
+
+    -- Attempts used up: straight on to dead, with the error recorded.
+    with dead as (
+        delete from openqueue.live_jobs as lj
+        where lj.id = any(array(
+            select e.id
+            from openqueue.live_jobs as e
+            where e.status = 'processing'
+              and e.lease_expires_at < now()
+              and e.attempts >= e.max_attempts
+            for update skip locked
+        ))
+        returning lj.*
+    )
+
+    insert into openqueue.finished_jobs (
+        id, queue_name, status, priority, run_at, attempts, max_attempts,
+        leased_by, payload, errors, idempotency_key, created_at, finished_at
+    )
+    select
+        d.id, d.queue_name, 'dead', d.priority, d.run_at, d.attempts, d.max_attempts,
+        d.leased_by, d.payload,
+        d.errors || openqueue._error_entry(d.attempts, 'lease expired'),
+        d.idempotency_key, d.created_at, now()
+    from dead as d;
+    get diagnostics v_dead = row_count;
+
+    -- Attempts left: pending again, leasable at once (its run_at has come).
+    with reclaimed as (
+        update openqueue.live_jobs as lj
+        set
+            status = 'pending',
+            due = lj.run_at <= now(),
+            lease_token = null,
+            lease_expires_at = null,
+            errors = lj.errors || openqueue._error_entry(lj.attempts, 'lease expired')
+        where lj.id = any(array(
+            select e.id
+            from openqueue.live_jobs as e
+            where e.status = 'processing'
+              and e.lease_expires_at < now()
+              and e.attempts < e.max_attempts
+            for update skip locked
+        ))
+        returning lj.queue_name
+    )
+
+    select array_agg(r.queue_name) into v_queues from reclaimed as r;
+
+    -- Registrations of workers that stopped waiting (see oq_wait).
+    delete from openqueue.queue_waiters as w where w.wait_until <= now();
+
+    perform pg_notify('openqueue', q.queue_name)
+    from (select distinct u.queue_name from unnest(v_queues) as u (queue_name)) as q;
+
+    return v_dead + coalesce(cardinality(v_queues), 0);
+end;
+$$;
+
+create or replace function openqueue.oq_replay(job_id bigint)
+returns boolean
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_queue text;
+begin
+    if oq_replay.job_id is null then
+        perform openqueue._raise_null('job_id');
+    end if;
+
+    with revived as (
+        delete from openqueue.finished_jobs as fj
+        where fj.id = oq_replay.job_id
+          and fj.status in ('dead', 'cancelled')
+        returning fj.*
+    )
+
+    insert into openqueue.live_jobs (
+        id, queue_name, status, priority, run_at, attempts, max_attempts,
+        payload, errors, idempotency_key, created_at, due
+    )
+    select
+        r.id, r.queue_name, 'pending', r.priority, now(), 0, r.max_attempts,
+        r.payload, r.errors, r.idempotency_key, r.created_at, true
+    from revived as r
+    returning queue_name into v_queue;
+
+    if v_queue is null then
+        return false;
+    end if;
+    perform pg_notify('openqueue', v_queue);
+    return true;
+end;
+$$;
+
+create or replace function openqueue.oq_next_run_at(queue_names text[])
+returns timestamptz
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_next timestamptz;
+begin
+    if oq_next_run_at.queue_names is null then
+        perform openqueue._raise_null('queue_names');
+    end if;
+    -- Jobs waiting for a future run_at are exactly the not-yet-due ones, in
+    -- live_jobs_scheduled by (queue_name, run_at): one index descent per
+    -- queue, whatever the number of scheduled jobs or priorities.
+    select min(n.run_at) into v_next
+    from unnest(oq_next_run_at.queue_names) as q (queue_name)
+    cross join lateral (
+        select lj.run_at
+        from openqueue.live_jobs as lj
+        where lj.queue_name = q.queue_name
+          and lj.status in ('pending', 'failed')
+          and not lj.due
+          and lj.run_at > now()
+        order by lj.run_at
+        limit 1
+    ) as n;
+    return v_next;
+end;
+$$;
+
+-- ---------------------------------------------------------------------------
+-- oq_stats reads the counters for the finished states; the live states are
+-- counted from live_jobs, which holds only waiting and running jobs.
+-- ---------------------------------------------------------------------------
+
+create or replace function openqueue.oq_stats()
+returns table (
+    queue_name text,
+    pending bigint,
+    processing bigint,
+    failed bigint,
+    completed bigint,
+    dead bigint,
+    cancelled bigint,
+    oldest_due_at timestamptz
+)
+language sql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+    with live as (
+        select
+            lj.queue_name,
+            count(*) filter (where lj.status = 'pending') as pending,
+            count(*) filter (where lj.status = 'processing') as processing,
+            count(*) filter (where lj.status = 'failed') as failed,
+            min(lj.run_at) filter (
+                where lj.status in ('pending', 'failed') and lj.run_at <= now()
+            ) as oldest_due_at
+        from openqueue.live_jobs as lj
+        group by lj.queue_name
+    ),
+
+    finished as (
+        select
+            fc.queue_name,
+            coalesce(sum(fc.jobs) filter (where fc.status = 'completed'), 0)::bigint as completed,
+            coalesce(sum(fc.jobs) filter (where fc.status = 'dead'), 0)::bigint as dead,
+            coalesce(sum(fc.jobs) filter (where fc.status = 'cancelled'), 0)::bigint as cancelled
+        from openqueue.finished_counts as fc
+        group by fc.queue_name
+        having sum(fc.jobs) <> 0
+    ),
+
+    names as (
+        select l.queue_name from live as l
+        union
+        select f.queue_name from finished as f
+        union
+        select q.queue_name from openqueue.queues as q
+    )
+
+    select
+        n.queue_name,
+        coalesce(l.pending, 0),
+        coalesce(l.processing, 0),
+        coalesce(l.failed, 0),
+        coalesce(f.completed, 0),
+        coalesce(f.dead, 0),
+        coalesce(f.cancelled, 0),
+        l.oldest_due_at
+    from names as n
+    left join live as l on n.queue_name = l.queue_name
+    left join finished as f on n.queue_name = f.queue_name
+    order by n.queue_name
+$$;
+
+-- ---------------------------------------------------------------------------
+-- Purge in bounded batches. Each batch deletes the oldest matching rows
+-- through finished_jobs_finished_at, so it touches max_rows rows and their
+-- index entries, not the table; oq_purge_batch lets a client or the CLI call
+-- it repeatedly, each call its own short transaction, and oq_purge keeps its
+-- contract (all matching rows, one call) as a loop of such batches.
+-- ---------------------------------------------------------------------------
+
+create function openqueue._purge_chunk(older_than interval, include_dead boolean, max_rows integer)
+returns bigint
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_count bigint;
+begin
+    with purged as (
+        delete from openqueue.finished_jobs as fj
+        where fj.id = any(array(
+            select f.id
+            from openqueue.finished_jobs as f
+            where f.finished_at < now() - _purge_chunk.older_than
+              and (
+                  f.status in ('completed', 'cancelled')
+                  or (f.status = 'dead' and coalesce(_purge_chunk.include_dead, false))
+              )
+            order by f.finished_at
+            limit _purge_chunk.max_rows
+            for update skip locked
+        ))
+        returning fj.id, fj.queue_name, fj.idempotency_key
+    ),
+
+    freed as (  -- noqa: ST03
+        delete from openqueue.idempotency_keys as ik
+        using purged as p
+        where ik.queue_name = p.queue_name
+          and ik.idempotency_key = p.idempotency_key
+          and ik.job_id = p.id
+    )
+
+    select count(*) into v_count from purged;
+    return v_count;
+end;
+$$;
+
+comment on function openqueue._purge_chunk(interval, boolean, integer) is
+'Internal: delete at most max_rows of the oldest purgeable finished jobs; frees their idempotency keys.';
+
+create or replace function openqueue.oq_purge(older_than interval, include_dead boolean default false)
+returns bigint
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_total bigint := 0;
+    v_count bigint;
+begin
+    if oq_purge.older_than is null then
+        perform openqueue._raise_null('older_than');
+    elsif oq_purge.older_than < interval '0' then
+        perform openqueue._raise_invalid('older_than', 'must not be negative');
+    end if;
+
+    loop
+        v_count := openqueue._purge_chunk(oq_purge.older_than, oq_purge.include_dead, 10000);
+        v_total := v_total + v_count;
+        exit when v_count = 0;
+    end loop;
+    return v_total;
+end;
+$$;
+
+comment on function openqueue.oq_purge(interval, boolean) is
+'Delete completed and cancelled jobs (and dead ones with include_dead) that '
+'finished before now() - older_than; frees their idempotency keys. Returns '
+'the number of jobs deleted. Works in batches of 10000 through the finished_at '
+'index, in the caller''s transaction; to keep transactions short on a large '
+'table, call oq_purge_batch repeatedly instead. Errors 22004/22023 for a NULL '
+'or negative older_than.';
+
+create function openqueue.oq_purge_batch(
+    older_than interval,
+    include_dead boolean default false,
+    max_rows integer default 10000
+)
+returns bigint
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if oq_purge_batch.older_than is null then
+        perform openqueue._raise_null('older_than');
+    elsif oq_purge_batch.older_than < interval '0' then
+        perform openqueue._raise_invalid('older_than', 'must not be negative');
+    end if;
+    if oq_purge_batch.max_rows is null then
+        perform openqueue._raise_null('max_rows');
+    end if;
+    perform openqueue._check_range('max_rows', oq_purge_batch.max_rows, 1, 1000000);
+
+    return openqueue._purge_chunk(
+        oq_purge_batch.older_than, oq_purge_batch.include_dead, oq_purge_batch.max_rows
+    );
+end;
+$$;
+
+comment on function openqueue.oq_purge_batch(interval, boolean, integer) is
+'Like oq_purge, but deletes at most max_rows (default 10000, at most 1000000) '
+'of the oldest matching jobs and returns how many it deleted: call it until it '
+'returns less than max_rows (0 when nothing is left), each call in its own '
+'transaction, to purge a large table without long locks. Rows another session '
+'has locked are skipped. Errors 22004/22023 for a NULL or negative '
+'older_than, max_rows NULL or out of range.';
+
+revoke all on function openqueue.oq_purge_batch(interval, boolean, integer) from public;
+revoke all on function openqueue.oq_set_queue_notify(text, text) from public;
+revoke all on function openqueue.oq_wait(text[], text, integer) from public;
+revoke all on function openqueue._waiter_present(text) from public;
+revoke all on function openqueue._waiters_lock_key() from public;
+revoke all on function openqueue._purge_chunk(interval, boolean, integer) from public;
+revoke all on function openqueue._promote_due(text, integer) from public;
+revoke all on function openqueue._live_jobs_run_at_moved() from public;
+revoke all on function openqueue._finished_counts_inserted() from public;
+revoke all on function openqueue._finished_counts_deleted() from public;
+revoke all on function openqueue._finished_counts_updated() from public;
+revoke all on function openqueue._finished_counts_truncated() from public;
+
+-- ---------------------------------------------------------------------------
+-- oq_health: what an operator of a busy queue needs to see at a glance.
+-- ---------------------------------------------------------------------------
+
+create function openqueue.oq_health()
+returns table (
+    check_name text,
+    subject text,
+    value bigint,
+    observed_at timestamptz,
+    detail text
+)
+language sql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+    -- The hot tables: live and dead row versions and the last vacuum.
+    select
+        c.check_name,
+        s.relname::text,
+        case c.check_name
+            when 'live_tuples' then s.n_live_tup
+            when 'dead_tuples' then s.n_dead_tup
+        end,
+        case c.check_name
+            when 'last_vacuum' then greatest(s.last_vacuum, s.last_autovacuum)
+        end,
+        case c.check_name
+            when 'dead_tuples' then format(
+                '%s%% of %s rows', round(100.0 * s.n_dead_tup / greatest(s.n_live_tup + s.n_dead_tup, 1), 1),
+                s.n_live_tup + s.n_dead_tup
+            )
+            when 'last_vacuum' then format(
+                'vacuum %s, autovacuum %s, %s autovacuums',
+                coalesce(s.last_vacuum::text, 'never'), coalesce(s.last_autovacuum::text, 'never'),
+                s.autovacuum_count
+            )
+        end
+    from pg_stat_user_tables as s
+    cross join (values (1, 'live_tuples'), (2, 'dead_tuples'), (3, 'last_vacuum')) as c (n, check_name)
+    where s.schemaname = 'openqueue' and s.relname in ('live_jobs', 'finished_jobs')
+
+    union all
+
+    -- The oldest snapshot holding back vacuum of this database's tables,
+    -- whichever kind holds it: a session of this database (an open
+    -- transaction), a prepared transaction or a replication slot. Sessions
+    -- of other databases do not hold back vacuum here. value is its age in
+    -- transactions.
+    (
+        select
+            'oldest_xmin',
+            h.holder,
+            age(h.xmin)::bigint,
+            h.since,
+            h.detail
+        from (
+            select
+                format('backend %s', a.pid) as holder,
+                a.backend_xmin as xmin,
+                a.xact_start as since,
+                format(
+                    'user %s, application %L, state %s', a.usename, a.application_name, a.state
+                ) as detail
+            from pg_stat_activity as a
+            where a.backend_xmin is not null
+              and a.pid <> pg_backend_pid()
+              and a.datname = current_database()
+            union all
+            select
+                format('prepared transaction %L', p.gid),
+                p.transaction,
+                p.prepared,
+                format('owner %s, database %s', p.owner, p.database)
+            from pg_prepared_xacts as p
+            where p.database = current_database()
+            union all
+            select
+                format('replication slot %L', r.slot_name),
+                coalesce(r.xmin, r.catalog_xmin),
+                null,
+                format('%s slot, active %s', r.slot_type, r.active)
+            from pg_replication_slots as r
+            where coalesce(r.xmin, r.catalog_xmin) is not null
+              and (r.database is null or r.database = current_database())
+        ) as h
+        order by age(h.xmin) desc
+        limit 1
+    )
+
+    union all
+
+    -- Per queue, the due job that has waited longest; value in seconds.
+    select
+        'oldest_due_job',
+        d.queue_name,
+        floor(extract(epoch from now() - d.run_at))::bigint,
+        d.run_at,
+        format('job %s', d.id)
+    from (
+        select distinct on (lj.queue_name) lj.queue_name, lj.run_at, lj.id
+        from openqueue.live_jobs as lj
+        where lj.status in ('pending', 'failed') and lj.run_at <= now()
+        order by lj.queue_name, lj.run_at, lj.id
+    ) as d
+$$;
+
+comment on function openqueue.oq_health() is
+'Health checks, one row each: (check_name, subject, value, observed_at, detail). '
+'live_tuples / dead_tuples / last_vacuum for the tables live_jobs and '
+'finished_jobs (value: row versions; observed_at: the last manual or auto '
+'vacuum, NULL if never). oldest_xmin: the session, prepared transaction or '
+'replication slot of this database with the oldest snapshot, which holds back '
+'vacuum of the tables (value: its age in transactions; observed_at: when its transaction '
+'started; no row when none; other users'' sessions need pg_read_all_stats). '
+'oldest_due_job, one row per queue with due jobs: subject the queue, value '
+'seconds since the oldest due job''s run_at, observed_at that run_at.';
+
+revoke all on function openqueue.oq_health() from public;
 $oq_0002$;
         insert into openqueue.schema_migrations (version, name)
         values (2, '0002_churn_and_batching');

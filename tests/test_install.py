@@ -482,3 +482,68 @@ def test_every_oq_errcode_is_mapped():
     for code, error in SQLSTATE_ERRORS.items():
         assert issubclass(error, OpenQueueError), code
     assert SQLSTATE_ERRORS["OQ001"] is SchemaTooNew
+
+
+def test_upgrade_from_version_1_keeps_every_job_and_every_lease(pg_server, empty_dsn, tmp_path):
+    """A version 1 database with jobs in every state, upgraded by the shipped installer."""
+    v1 = tmp_path / "openqueue_v1.sql"
+    v1.write_text(render_installer(load_migrations()[:1]))
+    first = run_psql(pg_server, empty_dsn, v1)
+    assert first.returncode == 0, first.stderr
+    assert migration_rows(empty_dsn) == [(1, "0001_init")]
+    held = _jobs_in_every_state(empty_dsn)
+    before = _state(empty_dsn)
+    assert {row[3] for row in before["jobs"]} == {
+        "pending",
+        "processing",
+        "failed",
+        "completed",
+        "dead",
+        "cancelled",
+    }
+
+    result = run_psql(pg_server, empty_dsn)
+    assert result.returncode == 0, result.stderr
+    assert "applied migration 0001_init" not in result.stderr
+    for migration in load_migrations()[1:]:
+        assert f"applied migration {migration.name}" in result.stderr
+    assert migration_rows(empty_dsn) == expected_migration_rows()
+    after = _state(empty_dsn)
+    # Version 2 adds a column to openqueue.queues (notify_mode), at the end, 'always' for all.
+    queues = after.pop("queues")
+    assert [row[:-1] for row in queues] == before.pop("queues")
+    assert {row[-1] for row in queues} == {"always"}
+    assert after == before  # every job, key and the sequence, as they were
+
+    with Client(empty_dsn) as client:
+        stats = {s.queue_name: s for s in client.stats()}["up"]
+        assert (stats.pending, stats.processing, stats.failed) == (2, 1, 1)
+        assert (stats.completed, stats.dead, stats.cancelled) == (1, 1, 1)
+        # The lease taken before the upgrade still holds: heartbeat, then ack with the old token.
+        leased = held["processing"]
+        assert client.heartbeat(leased.job.id, leased.lease_token) is not None
+        assert client.ack(leased.job.id, leased.lease_token, result={"after": "upgrade"}) is True
+        # Only the due pending job is leased: the failed one waits an hour, the future one a day.
+        again = client.lease_many("up", "w", batch_size=10)
+        assert [x.job.id for x in again] == [held["pending"]]
+        stats = {s.queue_name: s for s in client.stats()}["up"]
+        assert (stats.completed, stats.processing) == (2, 1)
+
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        # The failed and the scheduled job become leasable when their time comes.
+        conn.execute("update openqueue.jobs set run_at = now() - interval '1 second' where status = 'failed'")
+        conn.execute(
+            "update openqueue.jobs set run_at = now() - interval '1 second' where id = %s", (held["future"],)
+        )
+        rows = conn.execute("select id from openqueue.oq_lease('up', 'w', batch_size => 10)").fetchall()
+        assert len(rows) == 2 and held["future"] in {r[0] for r in rows}
+        # Errors recorded before the upgrade are kept; an idempotency key still deduplicates.
+        errors = conn.execute("select errors from openqueue.jobs where status = 'dead'").fetchone()[0]
+        assert [e["error"] for e in errors] == ["fatal"]
+        key_owner = conn.execute(
+            "select job_id from openqueue.idempotency_keys where idempotency_key = 'k0'"
+        ).fetchone()[0]
+        again_id = conn.execute(
+            "select openqueue.oq_enqueue('up', '{}', idempotency_key => 'k0')"
+        ).fetchone()[0]
+        assert again_id == key_owner

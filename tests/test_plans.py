@@ -75,7 +75,9 @@ def test_reap_reads_only_processing_rows(loaded: psycopg.Connection) -> None:
         query = _claim_query(loaded, "oq_reap()", occurrence)
         with loaded.transaction():
             plan = _plan(loaded, query)
-        assert "live_jobs_lease_expiry" in plan, plan
+        # Version 2: the running rows through a partial index on id (not on
+        # lease_expires_at, so that heartbeats are HOT updates).
+        assert "live_jobs_in_flight" in plan, plan
         assert "Seq Scan" not in plan, plan
         assert "finished_jobs" not in plan, plan
 
@@ -100,9 +102,119 @@ def test_lease_function_plan_with_auto_explain(loaded: psycopg.Connection) -> No
     with loaded.transaction(force_rollback=True):
         rows = loaded.execute("select * from openqueue.oq_lease('emails', 'w1', batch_size => 10)").fetchall()
     assert len(rows) == 10
-    lease_plans = [n for n in notices if "for update skip locked" in n]
+    # The claim, not the promotion of scheduled jobs that runs before it (version 2).
+    lease_plans = [n for n in notices if "for update skip locked" in n and "gen_random_uuid()" in n]
     assert lease_plans, notices
     plan = lease_plans[0]
     assert "Index Scan using live_jobs_lease_order" in plan, plan
     assert "Index Scan using live_jobs_pkey" in plan, plan
     assert "Seq Scan" not in plan, plan
+
+
+FUTURE = 100_000
+
+
+def _buffers(conn: psycopg.Connection, query: str) -> tuple[int, str]:
+    """Shared buffers touched by the execution of `query` (planning excluded), and the plan."""
+    rows = conn.execute(f"explain (analyze, buffers, costs off, timing off) {query}").fetchall()
+    text = "\n".join(r[0] for r in rows)
+    # The top node's Buffers line: the whole execution (children are included in it).
+    top = next((line for line in text.split("Planning")[0].splitlines() if "Buffers:" in line), "")
+    return sum(int(n) for n in re.findall(r"(?:hit|read)=(\d+)", top)), text
+
+
+@pytest.fixture
+def future_heavy(conn: psycopg.Connection) -> psycopg.Connection:
+    """100,000 jobs scheduled for tomorrow at priority 10 in front of 100 due ones at priority 0."""
+    conn.execute(
+        "select count(*) from openqueue.oq_enqueue_batch('emails', "
+        "(select jsonb_agg(g) from generate_series(1, %s) as g), priority => 10, "
+        "run_at => now() + interval '1 day')",
+        (FUTURE,),
+    )
+    conn.execute(
+        "select count(*) from openqueue.oq_enqueue_batch('emails', "
+        "(select jsonb_agg(g) from generate_series(1, 100) as g))"
+    )
+    conn.execute("vacuum analyze openqueue.live_jobs")
+    return conn
+
+
+def test_lease_reads_o_batch_entries_with_many_future_higher_priority_jobs(future_heavy) -> None:
+    """Issue 6: future jobs at a higher priority do not sit in front of due ones (no skip scan needed)."""
+    conn = future_heavy
+    claim = (
+        _claim_query(conn, "oq_lease(text,text,integer,integer)")
+        .replace("oq_lease.queue_name", "'emails'")
+        .replace("oq_lease.batch_size", "10")
+    )
+    promote = (
+        _claim_query(conn, "_promote_due(text,integer)")
+        .replace("_promote_due.queue_name", "'emails'")
+        .replace("_promote_due.max_rows", "1000")
+    )
+    with conn.transaction(force_rollback=True):
+        promote_buffers, promote_plan = _buffers(conn, promote)
+        claim_buffers, claim_plan = _buffers(conn, claim)
+    assert "live_jobs_scheduled" in promote_plan, promote_plan
+    assert "live_jobs_lease_order" in claim_plan, claim_plan
+    assert "Sort" not in claim_plan, claim_plan
+    # Nothing to promote: one descent of a 3-level index. Claim: 10 rows.
+    assert promote_buffers < 10, promote_plan
+    assert claim_buffers < 40, claim_plan
+    scan = r"Index Scan using live_jobs_lease_order .*\(actual rows=10(\.00)? "
+    assert re.search(scan, claim_plan), claim_plan
+
+    # What version 1's index would have read: every future job first.
+    v1 = (
+        "select c.id from openqueue.live_jobs as c where c.queue_name = 'emails' "
+        "and c.status in ('pending', 'failed') and c.run_at <= now() "
+        "order by c.priority desc, c.run_at, c.id limit 10"
+    )
+    conn.execute(
+        "create index v1_lease_order on openqueue.live_jobs (queue_name, priority desc, run_at, id) "
+        "where status in ('pending', 'failed')"
+    )
+    v1_buffers, v1_plan = _buffers(conn, v1)
+    if conn.info.server_version < 180000:  # 18 has skip scan, which rescues the old index
+        assert v1_buffers > 20 * claim_buffers, (v1_plan, claim_plan)
+
+    # And the real call leases the due jobs, in lease order.
+    with conn.transaction(force_rollback=True):
+        rows = conn.execute("select id, priority from openqueue.oq_lease('emails', 'w', batch_size => 10)")
+        leased = rows.fetchall()
+    assert len(leased) == 10 and {p for _, p in leased} == {0}
+    assert [i for i, _ in leased] == sorted(i for i, _ in leased)
+
+
+def test_lease_promotes_jobs_whose_time_has_come_in_lease_order(conn: psycopg.Connection) -> None:
+    """Jobs promoted from the scheduled index take their exact place among the already-due ones."""
+    ids = {}
+    for name, priority, offset in [
+        ("due_low", 0, "-10 seconds"),
+        ("sched_high", 5, "1 hour"),
+        ("due_high_late", 5, "-1 second"),
+        ("sched_low_old", 0, "1 hour"),
+        ("future", 9, "2 hours"),
+    ]:
+        ids[name] = conn.execute(
+            "select openqueue.oq_enqueue('o', '{}', priority => %s, run_at => now() + %s::interval)",
+            (priority, offset),
+        ).fetchone()[0]
+    # Time passes for the two scheduled ones: their run_at is now in the past,
+    # the high one earlier than the already-due high one.
+    conn.execute(
+        "update openqueue.live_jobs set run_at = now() - interval '5 seconds' where id = %s",
+        (ids["sched_high"],),
+    )
+    conn.execute(
+        "update openqueue.live_jobs set run_at = now() - interval '1 minute' where id = %s",
+        (ids["sched_low_old"],),
+    )
+    rows = conn.execute("select id from openqueue.oq_lease('o', 'w', batch_size => 10)").fetchall()
+    assert [r[0] for r in rows] == [
+        ids["sched_high"],
+        ids["due_high_late"],
+        ids["sched_low_old"],
+        ids["due_low"],
+    ]

@@ -45,6 +45,7 @@ ARG_TYPES = {
     "job_ids": "bigint[]",
     "lease_tokens": "uuid[]",
     "results": "jsonb[]",
+    "max_rows": "integer",
 }
 
 JSONB_ARGS = {"payload", "payloads", "result"}
