@@ -18,7 +18,7 @@ from uuid import UUID
 from psycopg.types.json import Jsonb
 
 from .errors import InvalidArgument
-from .models import Job, JobRecord, JobState, Leased, QueueStats
+from .models import HealthCheck, Job, JobRecord, JobState, Leased, QueueStats
 
 T = TypeVar("T")
 Rows = list[tuple[Any, ...]]
@@ -60,6 +60,9 @@ _TYPES = {
     "job_ids": "bigint[]",
     "lease_tokens": "uuid[]",
     "results": "jsonb[]",
+    "max_rows": "integer",
+    "mode": "text",
+    "seconds": "integer",
 }
 
 
@@ -320,6 +323,35 @@ def stats() -> Call[list[QueueStats]]:
 def purge(older_than: timedelta, include_dead: bool) -> Call[int]:
     args = {"older_than": _interval(older_than, "older_than"), "include_dead": bool(include_dead)}
     return _call("oq_purge", _required(args, "older_than"), _scalar)
+
+
+def purge_batch(older_than: timedelta, include_dead: bool, max_rows: int | None) -> Call[int]:
+    args = {
+        "older_than": _interval(older_than, "older_than"),
+        "include_dead": bool(include_dead),
+        "max_rows": _integer(max_rows, "max_rows"),
+    }
+    return _call("oq_purge_batch", _required(args, "older_than"), _scalar)
+
+
+def set_queue_notify(queue_name: str, mode: str) -> Call[None]:
+    args = {"queue_name": queue_name, "mode": mode}
+    return _call("oq_set_queue_notify", _required(args, "queue_name", "mode"), lambda rows: None)
+
+
+def wait(queue_names: Sequence[str], worker_id: str, seconds: int | None) -> Call[None]:
+    if isinstance(queue_names, str) or not isinstance(queue_names, Sequence):
+        raise InvalidArgument(f"queue_names must be a list, got {type(queue_names).__name__}")
+    args = {
+        "queue_names": list(queue_names),
+        "worker_id": worker_id,
+        "seconds": _integer(seconds, "seconds"),
+    }
+    return _call("oq_wait", _required(args, "queue_names", "worker_id"), lambda rows: None)
+
+
+def health() -> Call[list[HealthCheck]]:
+    return _call("oq_health", {}, lambda rows: [HealthCheck(*row) for row in rows], table=True)
 
 
 def next_run_at(queue_names: Sequence[str]) -> Call[datetime | None]:

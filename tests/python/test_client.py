@@ -13,6 +13,7 @@ from psycopg_pool import ConnectionPool
 
 from openqueue_py import (
     Client,
+    HealthCheck,
     InvalidArgument,
     Job,
     JobRecord,
@@ -264,6 +265,28 @@ def test_ack_many_sql_errors_come_unchanged(client):
     with pytest.raises(psycopg.errors.InvalidParameterValue):
         client.ack_many([1], [uuid.uuid4()], [None, None])
     assert leased == []
+
+
+def test_purge_batch_set_queue_notify_wait_and_health(client, conn):
+    ids = client.enqueue_batch("pb", [{}, {}, {}])
+    for leased in client.lease_many("pb", "w", batch_size=3):
+        client.ack(leased.job.id, leased.lease_token)
+    conn.execute("update openqueue.jobs set finished_at = now() - interval '2 hours'")
+    assert client.purge_batch(timedelta(hours=1), max_rows=2) == 2
+    assert client.purge_batch(timedelta(hours=1)) == 1
+    assert [client.get_job(i) for i in ids] == [None, None, None]
+
+    assert client.set_queue_notify("pb", "when_waiting") is None
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        client.set_queue_notify("pb", "sometimes")
+    assert client.wait(["pb"], "w1", seconds=5) is None
+    assert client.wait(["pb"], "w1") is None
+    with pytest.raises(InvalidArgument):
+        client.wait("pb", "w1")
+
+    checks = client.health()
+    assert checks and all(isinstance(c, HealthCheck) for c in checks)
+    assert {"live_tuples", "dead_tuples"} <= {c.check_name for c in checks}
 
 
 def test_nack_retry_in_and_backoff_and_dead(client, conn):

@@ -15,6 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from openqueue_py import (
     AsyncClient,
+    HealthCheck,
     InvalidArgument,
     Job,
     JobRecord,
@@ -274,5 +275,17 @@ def test_a_closed_async_client_says_so(dsn: str) -> None:
         await client.close()
         with pytest.raises(OpenQueueError, match="closed"):
             await client.enqueue("closing", {})
+
+    asyncio.run(scenario())
+
+
+def test_async_purge_batch_set_queue_notify_wait_and_health(dsn):
+    async def scenario() -> None:
+        async with AsyncClient(dsn) as client:
+            assert await client.purge_batch(timedelta(hours=1), include_dead=True, max_rows=10) == 0
+            assert await client.set_queue_notify("q", "always") is None
+            assert await client.wait(["q"], "w1", seconds=1) is None
+            checks = await client.health()
+            assert checks and all(isinstance(c, HealthCheck) for c in checks)
 
     asyncio.run(scenario())
