@@ -77,8 +77,10 @@ class Core:
         for name, value in (("concurrency", concurrency), ("batch_size", batch_size)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise WorkerError(f"{name} must be a positive int, got {value!r}")
-        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
-            raise WorkerError(f"prefetch must be an int >= 0, got {prefetch!r}")
+        if prefetch is not None and (
+            isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0
+        ):
+            raise WorkerError(f"prefetch must be an int >= 0 or None, got {prefetch!r}")
         for name, value in (("poll_interval", poll_interval), ("grace_period", grace_period)):
             if not isinstance(value, int | float) or value < 0:
                 raise WorkerError(f"{name} must be a number of seconds >= 0, got {value!r}")
@@ -93,7 +95,7 @@ class Core:
         self.executor = executor
         self.concurrency = concurrency
         self.prefetch = prefetch
-        self.capacity = concurrency + prefetch
+        self.capacity = concurrency + self.prefetch
         self.poll_interval = float(poll_interval)
         self.lease_seconds = lease_seconds
         self.grace_period = float(grace_period)

@@ -7,8 +7,7 @@
   computed it.
 * Capacity is ``concurrency + prefetch``: with a prefetch, jobs are leased
   while every slot is still busy, so a slot that finishes finds its next job
-  waiting instead of a round trip. The loop leases when a whole batch fits,
-  or at once when a slot could otherwise sit idle.
+  waiting instead of a round trip (see ``_should_lease``).
 * With nothing ready it sleeps until the next poll (``poll_interval``) or the
   earliest future ``run_at`` of its queues, whichever is sooner; that delay is
   computed by the database (``oq_next_run_at(...) - now()``), never from the
@@ -70,14 +69,20 @@ class Fetcher:
     # -- the loop -------------------------------------------------------------------------
 
     def _should_lease(self) -> int:
-        """How many jobs to ask for now (0: not now)."""
+        """How many jobs to ask for now (0: not now).
+
+        Fewer jobs held than slots means a slot is idle and nothing is
+        buffered for it: lease at once whatever fits. With every slot busy,
+        lease ahead (the prefetch) once a batch of at least ``prefetch`` fits,
+        so that small leases do not follow every finished job.
+        """
         core = self._core
         held = len(core.inflight)
         free = core.capacity - held
         if free <= 0:
             return 0
         want = min(free, core.batch_size)
-        if want == core.batch_size or held < core.concurrency:
+        if held < core.concurrency or (core.prefetch and want >= min(core.batch_size, core.prefetch)):
             return want
         return 0
 
