@@ -139,8 +139,9 @@ class Core:
         # Jobs this worker holds a lease on and has not settled: waiting for a
         # slot, running, or (once finished) handed to the completer.
         self.inflight: dict[int, Run] = {}
-        self.conns = Connections(self.dsn, max_size=min(self.concurrency, 8) + 3)
         self.fetcher = Fetcher(self)
+        # The lease calls, plus the completer, the heartbeat, the reaper and a nack or two.
+        self.conns = Connections(self.dsn, max_size=self.fetcher.max_calls + 4)
         self.heartbeat = Heartbeat(self)
         self.completer = Completer(
             self, flush_size=max(self.batch_size, self.concurrency), flush_interval=FLUSH_INTERVAL

@@ -1,10 +1,13 @@
 """The lease loop: keeps the worker's slots supplied with due jobs.
 
 * A queue is *ready* when a notification named it, a poll came due, or its
-  last lease call returned a full batch. A lease round asks each ready queue
-  for up to ``batch_size`` jobs (never more than the free capacity) in one
-  ``oq_lease`` call; each row carries its lease length as the database
-  computed it.
+  last lease call returned all it asked for. Each ``oq_lease`` call asks one
+  ready queue for up to ``batch_size`` jobs, never more than the free
+  capacity; each row carries its lease length as the database computed it.
+* Several lease calls may be in flight at once (up to one per batch that
+  fits in the capacity, at most ``MAX_LEASE_CALLS``), each on its own
+  connection: with small batches, free slots are refilled in parallel rather
+  than one round trip after another.
 * Capacity is ``concurrency + prefetch``: with a prefetch, jobs are leased
   while every slot is still busy, so a slot that finishes finds its next job
   waiting instead of a round trip (see ``_should_lease``).
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from contextlib import suppress
 from typing import TYPE_CHECKING
@@ -35,17 +39,35 @@ if TYPE_CHECKING:
 # A few milliseconds late for a scheduled job, so that now() in oq_lease has passed run_at.
 _SCHEDULE_SLACK = 0.01
 
+MAX_LEASE_CALLS = 8
+
+
+def max_lease_calls(capacity: int, batch_size: int) -> int:
+    return max(1, min(MAX_LEASE_CALLS, math.ceil(capacity / batch_size)))
+
 
 class Fetcher:
     def __init__(self, core: Core) -> None:
         self._core = core
         self._queues = core.queues
         self._ready: set[str] = set(core.queues)
+        # Bumped by every notification: a short lease result only clears the
+        # ready flag if no notification came while the call was in flight.
+        self._notified: dict[str, int] = dict.fromkeys(core.queues, 0)
         self._wake = asyncio.Event()
         self._rotation = 0
         self._poll_due = 0.0
         self._timer_due: float | None = None
         self._schedule_stale = True
+        self._max_calls = max_lease_calls(core.capacity, core.batch_size)
+        self._calls: set[asyncio.Task[None]] = set()
+        self._reserved = 0  # jobs asked for by the calls in flight
+        self._failure: BaseException | None = None
+        self._succeeded = False
+
+    @property
+    def max_calls(self) -> int:
+        return self._max_calls
 
     # -- signals from the other parts ---------------------------------------------
 
@@ -54,12 +76,13 @@ class Fetcher:
 
     def mark_ready(self, queue: str) -> None:
         self._ready.add(queue)
+        self._notified[queue] += 1
         self._wake.set()
 
     def mark_all_ready(self) -> None:
-        self._ready.update(self._queues)
+        for queue in self._queues:
+            self.mark_ready(queue)
         self._schedule_stale = True
-        self._wake.set()
 
     def schedule_changed(self) -> None:
         """A job was scheduled for later: the earliest run_at may be sooner now."""
@@ -69,7 +92,7 @@ class Fetcher:
     # -- the loop -------------------------------------------------------------------------
 
     def _should_lease(self) -> int:
-        """How many jobs to ask for now (0: not now).
+        """How many jobs the next call asks for (0: not now).
 
         Fewer jobs held than slots means a slot is idle and nothing is
         buffered for it: lease at once whatever fits. With every slot busy,
@@ -77,7 +100,7 @@ class Fetcher:
         so that small leases do not follow every finished job.
         """
         core = self._core
-        held = len(core.inflight)
+        held = len(core.inflight) + self._reserved
         free = core.capacity - held
         if free <= 0:
             return 0
@@ -86,11 +109,41 @@ class Fetcher:
             return want
         return 0
 
+    def _next_ready(self) -> str | None:
+        count = len(self._queues)
+        for i in range(count):
+            queue = self._queues[(self._rotation + i) % count]
+            if queue in self._ready:
+                self._rotation = (self._rotation + i + 1) % count
+                return queue
+        return None
+
     async def loop(self) -> None:
+        try:
+            await self._loop()
+        except BaseException:
+            for task in self._calls:
+                task.cancel()
+            raise
+        finally:
+            # A graceful stop: the jobs of calls still in flight are leased; let them arrive.
+            if self._calls:
+                await asyncio.gather(*self._calls, return_exceptions=True)
+
+    async def _loop(self) -> None:
         core = self._core
         backoff = Backoff()
         while not core.stopping:
             self._wake.clear()
+            failure, self._failure = self._failure, None
+            if failure is not None:
+                self._failed(backoff, failure)
+                await core.sleep(backoff.next())
+                continue
+            if self._succeeded:
+                self._succeeded = False
+                if backoff.reset():
+                    log(logging.INFO, "worker.db_recovered", worker_id=core.worker_id)
             now = time.monotonic()
             if now >= self._poll_due:
                 self.mark_all_ready()
@@ -98,28 +151,16 @@ class Fetcher:
             if self._timer_due is not None and now >= self._timer_due:
                 self.mark_all_ready()
                 self._timer_due = None
+
             want = self._should_lease()
+            while want > 0 and len(self._calls) < self._max_calls:
+                queue = self._next_ready()
+                if queue is None:
+                    break
+                self._launch(queue, want)
+                want = self._should_lease()
 
-            if want > 0 and self._ready:
-                try:
-                    await self._lease_round(want)
-                except TRANSIENT as exc:
-                    self._db_error(backoff, exc)
-                    await core.sleep(backoff.next())
-                    continue
-                except InvalidArgument as exc:
-                    raise WorkerError(f"cannot lease with this configuration: {exc}") from exc
-                except psycopg.Error as exc:
-                    if exc.sqlstate in CONFIG_SQLSTATES:
-                        raise WorkerError(f"cannot lease with this configuration: {exc}") from exc
-                    self._db_error(backoff, exc)
-                    await core.sleep(backoff.next())
-                    continue
-                if backoff.reset():
-                    log(logging.INFO, "worker.db_recovered", worker_id=core.worker_id)
-                continue
-
-            if want > 0 and self._schedule_stale:
+            if want > 0 and not self._calls and not self._ready and self._schedule_stale:
                 self._schedule_stale = False
                 await self._check_schedule()
 
@@ -129,7 +170,13 @@ class Fetcher:
                 with suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=timeout)
 
-    def _db_error(self, backoff: Backoff, exc: BaseException) -> None:
+    def _failed(self, backoff: Backoff, exc: BaseException) -> None:
+        if isinstance(exc, InvalidArgument):
+            raise WorkerError(f"cannot lease with this configuration: {exc}") from exc
+        if isinstance(exc, psycopg.Error) and exc.sqlstate in CONFIG_SQLSTATES:
+            raise WorkerError(f"cannot lease with this configuration: {exc}") from exc
+        if not isinstance(exc, (*TRANSIENT, psycopg.Error)):
+            raise exc
         level = logging.WARNING if backoff.failures == 0 else logging.DEBUG
         log(
             level,
@@ -138,37 +185,33 @@ class Fetcher:
             error=f"{type(exc).__name__}: {exc}".strip(),
         )
 
-    async def _lease_round(self, want: int) -> None:
-        """One oq_lease call per ready queue, together for up to ``want`` jobs."""
-        core = self._core
-        count = len(self._queues)
-        order = (
-            [self._queues[(self._rotation + i) % count] for i in range(count)] if count > 1 else self._queues
-        )
-        self._rotation = (self._rotation + 1) % count
+    def _launch(self, queue: str, want: int) -> None:
+        self._reserved += want
         self._schedule_stale = True
-        for queue in order:
-            if want <= 0 or core.stopping:
-                return
-            if queue not in self._ready:
-                continue
-            # Discard first: a notification arriving during the call marks it ready again.
-            self._ready.discard(queue)
-            sent_at = time.monotonic()
-            try:
-                leased = await core.conns.run(
-                    _sql.lease_timed(queue, core.worker_id, core.lease_seconds, want)
-                )
-            except BaseException:
-                self._ready.add(queue)
-                raise
-            if len(leased) == want:
-                self._ready.add(queue)  # probably more where these came from
-            if leased:
-                log(logging.DEBUG, "worker.leased", worker_id=core.worker_id, queue=queue, count=len(leased))
-                for item, lease_left in leased:
-                    core.dispatch(item, lease_left, sent_at)
-            want -= len(leased)
+        task = asyncio.create_task(self._lease(queue, want), name=f"openqueue-lease-{queue}")
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
+
+    async def _lease(self, queue: str, want: int) -> None:
+        """One oq_lease call; its jobs go straight to the slots."""
+        core = self._core
+        notified = self._notified[queue]
+        sent_at = time.monotonic()
+        try:
+            leased = await core.conns.run(_sql.lease_timed(queue, core.worker_id, core.lease_seconds, want))
+        except Exception as exc:
+            self._failure = exc
+            return
+        finally:
+            self._reserved -= want
+            self._wake.set()
+        self._succeeded = True
+        if len(leased) < want and self._notified[queue] == notified:
+            self._ready.discard(queue)  # drained, as far as this call could tell
+        if leased:
+            log(logging.DEBUG, "worker.leased", worker_id=core.worker_id, queue=queue, count=len(leased))
+            for item, lease_left in leased:
+                core.dispatch(item, lease_left, sent_at)
 
     async def _check_schedule(self) -> None:
         """Sleep no longer than until the earliest future run_at of our queues."""
