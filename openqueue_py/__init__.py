@@ -9,7 +9,7 @@ from .client import Client
 from .client_async import AsyncClient
 from .errors import InvalidArgument, NotInstalled, OpenQueueError, SchemaTooNew, WorkerError
 from .migrate import install
-from .models import Job, JobRecord, JobState, Leased, QueueStats
+from .models import HealthCheck, Job, JobRecord, JobState, Leased, QueueStats
 from .worker import AsyncWorker, Fail, Retry, Worker
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "AsyncWorker",
     "Client",
     "Fail",
+    "HealthCheck",
     "InvalidArgument",
     "Job",
     "JobRecord",

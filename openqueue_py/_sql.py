@@ -18,7 +18,7 @@ from uuid import UUID
 from psycopg.types.json import Jsonb
 
 from .errors import InvalidArgument
-from .models import Job, JobRecord, JobState, Leased, QueueStats
+from .models import HealthCheck, Job, JobRecord, JobState, Leased, QueueStats
 
 T = TypeVar("T")
 Rows = list[tuple[Any, ...]]
@@ -58,6 +58,12 @@ _TYPES = {
     "include_dead": "boolean",
     "queue_names": "text[]",
     "max_bytes": "integer",
+    "job_ids": "bigint[]",
+    "lease_tokens": "uuid[]",
+    "results": "jsonb[]",
+    "max_rows": "integer",
+    "mode": "text",
+    "seconds": "integer",
 }
 
 
@@ -109,6 +115,14 @@ def _token(value: Any) -> UUID | None:
         return UUID(str(value))
     except ValueError as exc:
         raise InvalidArgument(f"lease_token is not a UUID: {value!r}") from exc
+
+
+def _list(value: Any, name: str) -> list[Any] | None:
+    if value is None:
+        return None
+    if isinstance(value, str | bytes | dict) or not isinstance(value, Sequence):
+        raise InvalidArgument(f"{name} must be a list, got {type(value).__name__}")
+    return list(value)
 
 
 def _integer(value: Any, name: str) -> int | None:
@@ -241,6 +255,22 @@ def ack(job_id: int, lease_token: UUID | str, result: Any) -> Call[bool]:
     return _call("oq_ack", _required(args, "job_id", "lease_token"), _scalar)
 
 
+def ack_many(
+    job_ids: Sequence[int], lease_tokens: Sequence[UUID | str], results: Sequence[Any] | None
+) -> Call[list[int]]:
+    ids, tokens, values = (
+        _list(job_ids, "job_ids"),
+        _list(lease_tokens, "lease_tokens"),
+        _list(results, "results"),
+    )
+    args = {
+        "job_ids": None if ids is None else [_integer(i, "job_ids[]") for i in ids],
+        "lease_tokens": None if tokens is None else [_token(t) for t in tokens],
+        "results": None if values is None else [_json(v, "results[]") for v in values],
+    }
+    return _call("oq_ack_many", _required(args, "job_ids", "lease_tokens"), _column, table=True)
+
+
 def nack(
     job_id: int,
     lease_token: UUID | str,
@@ -296,6 +326,35 @@ def purge(older_than: timedelta, include_dead: bool) -> Call[int]:
     return _call("oq_purge", _required(args, "older_than"), _scalar)
 
 
+def purge_batch(older_than: timedelta, include_dead: bool, max_rows: int | None) -> Call[int]:
+    args = {
+        "older_than": _interval(older_than, "older_than"),
+        "include_dead": bool(include_dead),
+        "max_rows": _integer(max_rows, "max_rows"),
+    }
+    return _call("oq_purge_batch", _required(args, "older_than"), _scalar)
+
+
+def set_queue_notify(queue_name: str, mode: str) -> Call[None]:
+    args = {"queue_name": queue_name, "mode": mode}
+    return _call("oq_set_queue_notify", _required(args, "queue_name", "mode"), lambda rows: None)
+
+
+def wait(queue_names: Sequence[str], worker_id: str, seconds: int | None) -> Call[None]:
+    if isinstance(queue_names, str) or not isinstance(queue_names, Sequence):
+        raise InvalidArgument(f"queue_names must be a list, got {type(queue_names).__name__}")
+    args = {
+        "queue_names": list(queue_names),
+        "worker_id": worker_id,
+        "seconds": _integer(seconds, "seconds"),
+    }
+    return _call("oq_wait", _required(args, "queue_names", "worker_id"), lambda rows: None)
+
+
+def health() -> Call[list[HealthCheck]]:
+    return _call("oq_health", {}, lambda rows: [HealthCheck(*row) for row in rows], table=True)
+
+
 def next_run_at(queue_names: Sequence[str]) -> Call[datetime | None]:
     return _call("oq_next_run_at", {"queue_names": list(queue_names)}, _scalar)
 
@@ -314,6 +373,123 @@ def get_job(job_id: int) -> Call[JobRecord | None]:
         f"select {_JOB_COLUMNS} from openqueue.jobs where id = %(job_id)s::bigint",
         {"job_id": _integer(job_id, "job_id")},
         _job_record,
+    )
+
+
+# -- the worker runtime's own statements ------------------------------------------------
+# Each wraps a contract function so that the database, not the worker's clock,
+# says how much time is left: intervals come back as seconds (float) computed
+# against the database's now(), and the worker schedules them on its monotonic
+# clock. Arguments are the worker's own and already checked.
+
+# Any constant: it only has to be the same for every worker (and differ from install's).
+REAP_LOCK_KEY = "openqueue.reap"
+
+
+def lease_timed(
+    queue_name: str, worker_id: str, lease_seconds: int | None, batch_size: int, durable: bool = True
+) -> Call[list[tuple[Leased, float]]]:
+    """oq_lease, each row with the seconds left on its lease.
+
+    ``durable=False`` commits the lease without waiting for the WAL flush
+    (``synchronous_commit = off`` for this one transaction): about one fsync
+    less between a job becoming due and its handler starting. A crash of the
+    server can then forget a lease granted in the last moments before it;
+    the job is simply leasable again and its first lease token is unknown,
+    so that worker's ack answers false: delivery stays at-least-once and at
+    most one lease is valid at any moment.
+    """
+    inner = lease(queue_name, worker_id, lease_seconds, batch_size)
+    function_call = inner.query.removeprefix("select * from ")
+    query = f"select l.*, extract(epoch from l.lease_expires_at - now())::float8 from {function_call} as l"
+    if not durable:
+        query = (
+            "with commit_mode as materialized (select set_config('synchronous_commit', 'off', true))"
+            f" select l.*, extract(epoch from l.lease_expires_at - now())::float8"
+            f" from commit_mode, {function_call} as l"
+        )
+    as_leased = _leased(queue_name)
+
+    def decode(rows: Rows) -> list[tuple[Leased, float]]:
+        return list(zip(as_leased(rows), (r[9] for r in rows), strict=True))
+
+    return Call(query, inner.params, decode)
+
+
+def _array_literal(values: Sequence[object]) -> str:
+    """``{1,2,3}``: arrays of ids and tokens as one text parameter.
+
+    psycopg adapts a list element by element in Python (about 8 us each);
+    joining plain ints and hex UUIDs is some 50 times cheaper, and the
+    worker's hot path sends two such arrays per batch.
+    """
+    return "{" + ",".join(map(str, values)) + "}"
+
+
+def _token_literal(tokens: Sequence[UUID]) -> str:
+    return "{" + ",".join(token.hex for token in tokens) + "}"
+
+
+def heartbeat_many(
+    job_ids: Sequence[int], lease_tokens: Sequence[UUID], lease_seconds: int | None
+) -> Call[list[tuple[int, datetime | None, float | None]]]:
+    """oq_heartbeat for every (id, token) pair in ONE statement: (id, new expiry, seconds left)."""
+    query = (
+        "with beats as materialized ("
+        " select u.job_id, openqueue.oq_heartbeat(job_id => u.job_id, lease_token => u.lease_token,"
+        " lease_seconds => %(lease_seconds)s::integer) as expires_at"
+        " from unnest(%(job_ids)s::bigint[], %(lease_tokens)s::uuid[]) as u (job_id, lease_token))"
+        " select b.job_id, b.expires_at, extract(epoch from b.expires_at - now())::float8 from beats as b"
+    )
+    params = {
+        "job_ids": _array_literal(job_ids),
+        "lease_tokens": _token_literal(lease_tokens),
+        "lease_seconds": lease_seconds,
+    }
+    return Call(query, params, lambda rows: [(r[0], r[1], r[2]) for r in rows])
+
+
+def ack_many_json(
+    job_ids: Sequence[int], lease_tokens: Sequence[UUID], results: Sequence[str | None] | None
+) -> Call[list[int]]:
+    """oq_ack_many with results already serialised to JSON text (None: no result).
+
+    The results travel as one JSON array, unpacked in order in SQL; a JSON
+    ``null`` element (the handler returned None) becomes SQL NULL, as with oq_ack.
+    """
+    sent = {"job_ids": _array_literal(job_ids), "lease_tokens": _token_literal(lease_tokens)}
+    arguments = "job_ids => %(job_ids)s::bigint[], lease_tokens => %(lease_tokens)s::uuid[]"
+    if results is not None:
+        sent["results"] = "[" + ",".join("null" if text is None else text for text in results) + "]"
+        arguments += (
+            ", results => array(select nullif(e.value, 'null'::jsonb)"
+            " from jsonb_array_elements(%(results)s::jsonb) with ordinality as e (value, position)"
+            " order by e.position)"
+        )
+    return Call(f"select * from openqueue.oq_ack_many({arguments})", sent, _column)
+
+
+def reap_exclusive() -> Call[int | None]:
+    """oq_reap unless another worker is reaping right now (then NULL, nothing done).
+
+    The transaction-level advisory lock lives exactly as long as this one
+    autocommit statement, so one reaper runs at a time and nobody waits.
+    """
+    return Call(
+        "select case when pg_try_advisory_xact_lock(hashtextextended(%(key)s, 0))"
+        " then openqueue.oq_reap() end",
+        {"key": REAP_LOCK_KEY},
+        _scalar,
+    )
+
+
+def next_run_in(queue_names: Sequence[str]) -> Call[float | None]:
+    """Seconds from the database's now() to the earliest future run_at of these queues."""
+    return Call(
+        "select extract(epoch from openqueue.oq_next_run_at(queue_names => %(queue_names)s::text[]) - now())"
+        "::float8",
+        {"queue_names": list(queue_names)},
+        _scalar,
     )
 
 

@@ -255,6 +255,19 @@ def _worker_handlers(queue_specs: tuple[str, ...], app: str | None) -> dict[str,
     help="Seconds between oq_reap() calls.",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Most jobs per lease call.")
+@click.option(
+    "--prefetch",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Jobs leased ahead while every slot is busy.",
+)
+@click.option(
+    "--durable-leases/--no-durable-leases",
+    default=False,
+    show_default=True,
+    help="Make each lease wait for the WAL flush (default: only acks and nacks do).",
+)
 @click.option("--worker-id", default=None, help="Recorded as leased_by (default host:pid:random).")
 @click.option(
     "--log-level",
@@ -272,6 +285,8 @@ def worker_command(
     lease_seconds: int | None,
     reap_interval: float,
     batch_size: int | None,
+    prefetch: int,
+    durable_leases: bool,
     worker_id: str | None,
     log_level: str,
 ) -> None:
@@ -307,6 +322,8 @@ def worker_command(
         "lease_seconds": lease_seconds,
         "reap_interval": reap_interval,
         "batch_size": batch_size,
+        "prefetch": prefetch,
+        "durable_leases": durable_leases,
         "worker_id": worker_id,
     }
     with _reported():

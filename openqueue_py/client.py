@@ -15,7 +15,7 @@ from psycopg_pool import ConnectionPool
 from . import _sql
 from .errors import OpenQueueError
 from .migrate import install
-from .models import JobRecord, Leased, QueueStats
+from .models import HealthCheck, JobRecord, Leased, QueueStats
 
 T = TypeVar("T")
 
@@ -175,6 +175,16 @@ class Client:
     ) -> bool:
         return self._run(_sql.ack(job_id, lease_token, result), conn)
 
+    def ack_many(
+        self,
+        job_ids: Sequence[int],
+        lease_tokens: Sequence[UUID | str],
+        results: Sequence[Any] | None = None,
+        *,
+        conn: psycopg.Connection | None = None,
+    ) -> list[int]:
+        return self._run(_sql.ack_many(job_ids, lease_tokens, results), conn)
+
     def nack(
         self,
         job_id: int,
@@ -220,6 +230,32 @@ class Client:
         conn: psycopg.Connection | None = None,
     ) -> int:
         return self._run(_sql.purge(older_than, include_dead), conn)
+
+    def purge_batch(
+        self,
+        older_than: timedelta,
+        include_dead: bool = False,
+        max_rows: int | None = None,
+        *,
+        conn: psycopg.Connection | None = None,
+    ) -> int:
+        return self._run(_sql.purge_batch(older_than, include_dead, max_rows), conn)
+
+    def set_queue_notify(self, queue_name: str, mode: str, *, conn: psycopg.Connection | None = None) -> None:
+        return self._run(_sql.set_queue_notify(queue_name, mode), conn)
+
+    def wait(
+        self,
+        queue_names: Sequence[str],
+        worker_id: str,
+        seconds: int | None = None,
+        *,
+        conn: psycopg.Connection | None = None,
+    ) -> None:
+        return self._run(_sql.wait(queue_names, worker_id, seconds), conn)
+
+    def health(self, *, conn: psycopg.Connection | None = None) -> list[HealthCheck]:
+        return self._run(_sql.health(), conn)
 
     def next_run_at(
         self, queue_names: Sequence[str], *, conn: psycopg.Connection | None = None

@@ -15,7 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 from . import _sql
 from .errors import OpenQueueError
 from .migrate import install_async
-from .models import JobRecord, Leased, QueueStats
+from .models import HealthCheck, JobRecord, Leased, QueueStats
 
 T = TypeVar("T")
 
@@ -175,6 +175,16 @@ class AsyncClient:
     ) -> bool:
         return await self._run(_sql.ack(job_id, lease_token, result), conn)
 
+    async def ack_many(
+        self,
+        job_ids: Sequence[int],
+        lease_tokens: Sequence[UUID | str],
+        results: Sequence[Any] | None = None,
+        *,
+        conn: psycopg.AsyncConnection | None = None,
+    ) -> list[int]:
+        return await self._run(_sql.ack_many(job_ids, lease_tokens, results), conn)
+
     async def nack(
         self,
         job_id: int,
@@ -220,6 +230,34 @@ class AsyncClient:
         conn: psycopg.AsyncConnection | None = None,
     ) -> int:
         return await self._run(_sql.purge(older_than, include_dead), conn)
+
+    async def purge_batch(
+        self,
+        older_than: timedelta,
+        include_dead: bool = False,
+        max_rows: int | None = None,
+        *,
+        conn: psycopg.AsyncConnection | None = None,
+    ) -> int:
+        return await self._run(_sql.purge_batch(older_than, include_dead, max_rows), conn)
+
+    async def set_queue_notify(
+        self, queue_name: str, mode: str, *, conn: psycopg.AsyncConnection | None = None
+    ) -> None:
+        return await self._run(_sql.set_queue_notify(queue_name, mode), conn)
+
+    async def wait(
+        self,
+        queue_names: Sequence[str],
+        worker_id: str,
+        seconds: int | None = None,
+        *,
+        conn: psycopg.AsyncConnection | None = None,
+    ) -> None:
+        return await self._run(_sql.wait(queue_names, worker_id, seconds), conn)
+
+    async def health(self, *, conn: psycopg.AsyncConnection | None = None) -> list[HealthCheck]:
+        return await self._run(_sql.health(), conn)
 
     async def next_run_at(
         self, queue_names: Sequence[str], *, conn: psycopg.AsyncConnection | None = None

@@ -80,3 +80,14 @@ class QueueStats:
     dead: int
     cancelled: int
     oldest_due_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """One row of ``oq_health()``: a check, what it is about, and what it found."""
+
+    check_name: str
+    subject: str | None
+    value: int | None
+    observed_at: datetime | None
+    detail: str | None

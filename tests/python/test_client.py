@@ -13,6 +13,7 @@ from psycopg_pool import ConnectionPool
 
 from openqueue_py import (
     Client,
+    HealthCheck,
     InvalidArgument,
     Job,
     JobRecord,
@@ -225,6 +226,67 @@ def test_ack_completes_and_stores_the_result(client):
     leased = client.lease("acks", "w")
     assert client.ack(other, leased.lease_token) is True
     assert client.get_job(other).result is None
+
+
+def test_ack_many_completes_held_leases_and_returns_their_ids(client, conn):
+    ids = client.enqueue_batch("many", [{"n": n} for n in range(4)])
+    leased = client.lease_many("many", "w", batch_size=4)
+    assert [x.job.id for x in leased] == ids
+    first, second, third, fourth = leased
+    # A stale token for the second: it is simply absent from the result.
+    completed = client.ack_many(
+        [first.job.id, second.job.id, third.job.id],
+        [first.lease_token, uuid.uuid4(), str(third.lease_token)],
+        [{"ok": 1}, "ignored", None],
+    )
+    assert isinstance(completed, list) and all(type(i) is int for i in completed)
+    assert sorted(completed) == [first.job.id, third.job.id]
+    assert client.get_job(first.job.id).result == {"ok": 1}
+    record = client.get_job(third.job.id)
+    assert record.status is JobState.COMPLETED and record.result is None and record.finished_at is not None
+    assert client.get_job(second.job.id).status is JobState.PROCESSING
+    # results omitted: no results stored; a second ack of the same lease completes nothing.
+    assert client.ack_many([second.job.id, fourth.job.id], [second.lease_token, fourth.lease_token]) == [
+        second.job.id,
+        fourth.job.id,
+    ]
+    assert client.get_job(fourth.job.id).result is None
+    assert client.ack_many([first.job.id], [first.lease_token]) == []
+    assert client.ack_many([], []) == []
+    statuses = conn.execute("select status, count(*) from openqueue.jobs group by status").fetchall()
+    assert statuses == [("completed", 4)]
+
+
+def test_ack_many_sql_errors_come_unchanged(client):
+    leased = client.lease_many("many", "w")
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as info:
+        client.ack_many([1, 2], [uuid.uuid4()])
+    assert info.value.sqlstate == "22023" and not isinstance(info.value, OpenQueueError)
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        client.ack_many([1], [uuid.uuid4()], [None, None])
+    assert leased == []
+
+
+def test_purge_batch_set_queue_notify_wait_and_health(client, conn):
+    ids = client.enqueue_batch("pb", [{}, {}, {}])
+    for leased in client.lease_many("pb", "w", batch_size=3):
+        client.ack(leased.job.id, leased.lease_token)
+    conn.execute("update openqueue.jobs set finished_at = now() - interval '2 hours'")
+    assert client.purge_batch(timedelta(hours=1), max_rows=2) == 2
+    assert client.purge_batch(timedelta(hours=1)) == 1
+    assert [client.get_job(i) for i in ids] == [None, None, None]
+
+    assert client.set_queue_notify("pb", "when_waiting") is None
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        client.set_queue_notify("pb", "sometimes")
+    assert client.wait(["pb"], "w1", seconds=5) is None
+    assert client.wait(["pb"], "w1") is None
+    with pytest.raises(InvalidArgument):
+        client.wait("pb", "w1")
+
+    checks = client.health()
+    assert checks and all(isinstance(c, HealthCheck) for c in checks)
+    assert {"live_tuples", "dead_tuples"} <= {c.check_name for c in checks}
 
 
 def test_nack_retry_in_and_backoff_and_dead(client, conn):
@@ -523,6 +585,13 @@ BAD_CALLS = {
     "queue_name None (configure)": lambda c, conn: c.configure_queue(None, conn=conn),
     "payload None": lambda c, conn: c.enqueue("q", None, conn=conn),
     "lease_token not a UUID": lambda c, conn: c.ack(1, "not-a-uuid", conn=conn),
+    "ack_many result not JSON-able": lambda c, conn: c.ack_many([1], [uuid.uuid4()], [object()], conn=conn),
+    "ack_many token not a UUID": lambda c, conn: c.ack_many([1], ["nope"], conn=conn),
+    "ack_many job_ids None": lambda c, conn: c.ack_many(None, [uuid.uuid4()], conn=conn),
+    "ack_many lease_tokens None": lambda c, conn: c.ack_many([1], None, conn=conn),
+    "ack_many job_ids a str": lambda c, conn: c.ack_many("1", [uuid.uuid4()], conn=conn),
+    "ack_many job id a str": lambda c, conn: c.ack_many(["1"], [uuid.uuid4()], conn=conn),
+    "ack_many results a dict": lambda c, conn: c.ack_many([1], [uuid.uuid4()], {"a": 1}, conn=conn),
     "priority a str": lambda c, conn: c.enqueue("q", {}, priority="high", conn=conn),
 }
 

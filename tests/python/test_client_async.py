@@ -15,6 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from openqueue_py import (
     AsyncClient,
+    HealthCheck,
     InvalidArgument,
     Job,
     JobRecord,
@@ -147,6 +148,14 @@ def test_round_trips(dsn):
             assert await client.purge(timedelta(hours=1), include_dead=True) == 0
             assert await client.get_job(job.id) is None
 
+            more = await client.enqueue_batch("m", [{}, {}])
+            pair = await client.lease_many("m", "w", batch_size=2)
+            tokens = [pair[0].lease_token, uuid.uuid4()]
+            assert await client.ack_many(more, tokens, [{"r": 1}, None]) == [more[0]]
+            assert (await client.get_job(more[0])).result == {"r": 1}
+            assert await client.ack_many(more, [x.lease_token for x in pair]) == [more[1]]
+            assert (await client.get_job(more[1])).status is JobState.COMPLETED
+
             await client.install()  # a no-op on an installed database
             assert (await client.get_job(later)).status is JobState.PENDING
 
@@ -192,6 +201,8 @@ def test_bad_arguments_raise_before_sql(dsn):
                 client.enqueue(None, {}, conn=c),
                 client.enqueue_batch("q", "not a list", conn=c),
                 client.configure_queue("q", backoff_max=60, conn=c),
+                client.ack_many([1], [uuid.uuid4()], [object()], conn=c),
+                client.ack_many(None, [], conn=c),
             ]
             for coroutine in bad:
                 with pytest.raises(InvalidArgument) as info:
@@ -204,6 +215,8 @@ def test_bad_arguments_raise_before_sql(dsn):
             assert info.value.sqlstate == "22023" and not isinstance(info.value, OpenQueueError)
             with pytest.raises(psycopg.errors.InvalidParameterValue):
                 await client.lease_many("q", "w", batch_size=0)
+            with pytest.raises(psycopg.errors.InvalidParameterValue):
+                await client.ack_many([1, 2], [uuid.uuid4()])
 
     asyncio.run(scenario())
 
@@ -262,5 +275,17 @@ def test_a_closed_async_client_says_so(dsn: str) -> None:
         await client.close()
         with pytest.raises(OpenQueueError, match="closed"):
             await client.enqueue("closing", {})
+
+    asyncio.run(scenario())
+
+
+def test_async_purge_batch_set_queue_notify_wait_and_health(dsn):
+    async def scenario() -> None:
+        async with AsyncClient(dsn) as client:
+            assert await client.purge_batch(timedelta(hours=1), include_dead=True, max_rows=10) == 0
+            assert await client.set_queue_notify("q", "always") is None
+            assert await client.wait(["q"], "w1", seconds=1) is None
+            checks = await client.health()
+            assert checks and all(isinstance(c, HealthCheck) for c in checks)
 
     asyncio.run(scenario())

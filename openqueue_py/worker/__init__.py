@@ -1,0 +1,181 @@
+"""The worker runtime: lease jobs, run handlers, heartbeat, ack or nack.
+
+:class:`Worker` runs plain functions on slot threads; :class:`AsyncWorker`
+runs ``async def`` handlers on the event loop. Both are thin faces over one
+asyncio scheduling core (:mod:`._core`), split along its seams: the fetcher
+(lease loop), the executor (slots), the completer (batched acks, nacks), the
+heartbeat loop, the listener, maintenance (reaping) and signals. They differ
+only in their executor.
+
+Logging goes to the ``openqueue.worker`` logger (:mod:`.logging`); the
+events, their levels and meanings are listed in README.md ("Logging").
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..errors import WorkerError
+from ..models import Job
+from ._core import Core
+from .control import Fail, Retry
+from .executor import AsyncExecutor, Executor, ThreadExecutor, is_async_callable
+from .logging import LogFormatter
+
+__all__ = ["AsyncWorker", "Fail", "LogFormatter", "Retry", "Worker"]
+
+# The CLI's name for it.
+_is_async_callable = is_async_callable
+
+
+class _Face:
+    """What Worker and AsyncWorker share: construction, stop() and a few properties."""
+
+    def __init__(
+        self,
+        dsn: str,
+        handlers: Mapping[str, Callable[[Job], Any]],
+        *,
+        concurrency: int = 4,
+        poll_interval: float = 5.0,
+        lease_seconds: int | None = None,
+        grace_period: float = 30.0,
+        reap_interval: float | None = 5.0,
+        batch_size: int | None = None,
+        prefetch: int = 0,
+        durable_leases: bool = False,
+        worker_id: str | None = None,
+        handle_signals: bool = True,
+    ) -> None:
+        """Configure the worker; nothing connects before run().
+
+        ``dsn``: the PostgreSQL connection string (OpenQueue installed).
+        ``handlers``: queue name -> handler; the handler is called with the
+        :class:`Job`.
+        ``concurrency`` (4): how many jobs run at the same time.
+        ``poll_interval`` (5.0 s): the longest sleep without a notification;
+        the worker also wakes for the earliest future ``run_at`` it knows of.
+        ``lease_seconds`` (None: the queue's setting, 30 s by default): the
+        lease asked for by ``oq_lease`` and ``oq_heartbeat``; heartbeats come
+        every third of the lease.
+        ``grace_period`` (30.0 s): how long a stop waits for in-flight jobs.
+        ``reap_interval`` (5.0 s; None: never): how often ``oq_reap()`` runs.
+        ``batch_size`` (None: every free slot): the most jobs one ``oq_lease``
+        call asks for; never more than the free capacity.
+        ``prefetch`` (0: lease only for idle slots): how many jobs beyond
+        ``concurrency`` may be leased ahead while every slot is busy, so that
+        a slot that finishes finds its next job waiting instead of a round
+        trip. They hold leases and count as in flight: a graceful stop runs
+        them too.
+        ``durable_leases`` (False): when False, a lease commits without
+        waiting for the WAL flush (``synchronous_commit = off`` for that one
+        transaction), which saves an fsync between a job becoming due and its
+        handler starting. A database crash may forget a lease of its last
+        moments: the job is leasable again and the forgotten token's ack
+        answers false, so delivery stays at-least-once (one extra run, one
+        attempt not counted). Acks, nacks and heartbeats always wait for the
+        flush; True makes leases wait too.
+        ``worker_id`` (``host:pid:random``): stored as the jobs' ``leased_by``.
+        ``handle_signals`` (True): when run() is in the main thread, SIGTERM and
+        SIGINT stop the worker gracefully; a second signal exits the process
+        at once (leases then expire and the jobs come back).
+
+        Raises :class:`WorkerError` for a configuration that cannot work.
+        """
+        if isinstance(handlers, Mapping):
+            for queue, handler in handlers.items():
+                if callable(handler):
+                    self._check_handler(queue, handler)
+        self._core = Core(
+            dsn=dsn,
+            handlers=handlers,
+            executor=self._executor(concurrency if isinstance(concurrency, int) and concurrency > 0 else 1),
+            concurrency=concurrency,
+            poll_interval=poll_interval,
+            lease_seconds=lease_seconds,
+            grace_period=grace_period,
+            reap_interval=reap_interval,
+            batch_size=batch_size,
+            prefetch=prefetch,
+            durable_leases=durable_leases,
+            worker_id=worker_id,
+            handle_signals=handle_signals,
+        )
+
+    def _check_handler(self, queue: str, handler: Callable[..., Any]) -> None:
+        raise NotImplementedError
+
+    def _executor(self, concurrency: int) -> Executor:
+        raise NotImplementedError
+
+    @property
+    def worker_id(self) -> str:
+        """The id stored as ``leased_by`` on the jobs this worker leases."""
+        return self._core.worker_id
+
+    @property
+    def queues(self) -> list[str]:
+        """The queues this worker handles."""
+        return list(self._core.queues)
+
+    def stop(self, force: bool = False) -> None:
+        """Stop leasing and let in-flight jobs finish (within grace_period).
+
+        Returns at once; thread-safe; before run() it makes run() return
+        at once. ``force=True`` abandons in-flight jobs instead: run() returns
+        without waiting for them (a sync handler's thread keeps running, its
+        result is dropped); their leases expire and the jobs come back.
+        """
+        self._core.stop(force)
+
+
+class Worker(_Face):
+    """Run plain-function handlers on ``concurrency`` threads.
+
+    ``Worker(dsn, {"emails": send}, concurrency=4).run()``; the arguments are
+    described on ``__init__``. A coroutine function is refused (use
+    :class:`AsyncWorker`).
+    """
+
+    def _check_handler(self, queue: str, handler: Callable[..., Any]) -> None:
+        if is_async_callable(handler):
+            raise WorkerError(f"the handler for queue {queue!r} is an async function: use AsyncWorker")
+
+    def _executor(self, concurrency: int) -> ThreadExecutor:
+        return ThreadExecutor(concurrency)
+
+    def run(self) -> None:
+        """Process jobs until stopped; return once in-flight jobs are done (or grace expired).
+
+        Runs an event loop of its own, so it works in any thread that has none
+        running (signal handlers only in the main thread). Database errors
+        never end it; :class:`WorkerError` does (a configuration the database
+        refuses, after in-flight jobs have finished).
+        """
+        asyncio.run(self._core.run())
+
+
+class AsyncWorker(_Face):
+    """Run ``async def`` handlers as tasks on the caller's event loop.
+
+    ``await AsyncWorker(dsn, {"emails": send}, concurrency=50).run()``; the
+    arguments are described on ``__init__``. A plain function is refused (use
+    :class:`Worker`).
+    """
+
+    def _check_handler(self, queue: str, handler: Callable[..., Any]) -> None:
+        if not is_async_callable(handler):
+            raise WorkerError(f"the handler for queue {queue!r} is not an async function: use Worker")
+
+    def _executor(self, concurrency: int) -> AsyncExecutor:
+        return AsyncExecutor(concurrency)
+
+    async def run(self) -> None:
+        """Process jobs until stopped; return once in-flight jobs are done (or grace expired).
+
+        Cancelling the task that runs it abandons in-flight jobs, like
+        ``stop(force=True)``.
+        """
+        await self._core.run()

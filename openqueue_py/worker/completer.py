@@ -1,0 +1,274 @@
+"""Settling finished jobs: acks in batches, nacks one by one.
+
+Successes are buffered and flushed with ONE ``oq_ack_many`` call per batch:
+as soon as ``flush_size`` jobs wait, or ``flush_interval`` seconds after the
+first of them, whichever comes first (one flush at a time; jobs finishing
+during a flush go into the next). A graceful stop flushes everything before
+``run()`` returns. Delivery stays at-least-once: an ack lost in a crash
+leaves the job ``processing`` until its lease expires, and it runs again.
+
+Every id ``oq_ack_many`` does not return lost its lease (expired and taken
+by another worker, or cancelled): ``job.ack_rejected``, never
+``job.completed``. A batch the database refuses for a reason other than a
+lost connection is split and acked job by job, so one bad result (text
+jsonb cannot store) costs only its own result.
+
+Nacks stay per job (a task each): they are rare, and each carries its own
+error text, delay and retry flag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import psycopg
+
+from .. import _sql
+from .connections import TRANSIENT, Backoff
+from .control import Fail, Retry, error_text
+from .jobs import Run
+from .logging import enabled, log
+
+if TYPE_CHECKING:
+    from ._core import Core
+
+T = TypeVar("T")
+
+# (run, result as JSON text or None, handler duration in seconds)
+Finished = tuple[Run, str | None, float]
+
+
+class Completer:
+    def __init__(self, core: Core, flush_size: int, flush_interval: float, max_batch: int = 1000) -> None:
+        self._core = core
+        self._worker_id = core.worker_id
+        self.flush_size = max(1, flush_size)
+        self.flush_interval = flush_interval
+        self._max_batch = max_batch
+        self._pending: list[Finished] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._flushing: asyncio.Task[None] | None = None
+        self._urgent = False
+        self._nacks: set[asyncio.Task[None]] = set()
+
+    @property
+    def busy(self) -> bool:
+        """Acks waiting or being sent, or nacks running."""
+        return bool(self._pending or self._flushing or self._nacks)
+
+    # -- acks ---------------------------------------------------------------------
+
+    def ack(self, run: Run, value: Any, duration: float) -> None:
+        text: str | None = None
+        if value is not None:
+            try:
+                # allow_nan=False: jsonb has no NaN or Infinity, and one refused
+                # result would otherwise fail the whole batch.
+                text = json.dumps(value, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                self._not_json(run, duration, exc)
+        self._pending.append((run, text, duration))
+        if len(self._pending) >= self.flush_size:
+            self._start()
+        elif self._timer is None and self._flushing is None:
+            self._timer = asyncio.get_running_loop().call_later(self.flush_interval, self._start)
+
+    def flush_now(self) -> None:
+        """Flush without waiting for a full batch (a stop is under way)."""
+        self._urgent = True
+        self._start()
+
+    def _start(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._flushing is None and self._pending:
+            self._flushing = asyncio.create_task(self._flush_all(), name="openqueue-flush")
+
+    async def _flush_all(self) -> None:
+        try:
+            while self._pending:
+                batch = self._pending[: self._max_batch]
+                del self._pending[: len(batch)]
+                try:
+                    await self._flush(batch)
+                except asyncio.CancelledError:
+                    self._pending[:0] = batch  # abandon() reports them
+                    raise
+                if len(self._pending) < self.flush_size and not self._urgent:
+                    break
+        finally:
+            self._flushing = None
+            if self._pending:
+                if len(self._pending) >= self.flush_size or self._urgent:
+                    self._start()
+                elif self._timer is None:
+                    self._timer = asyncio.get_running_loop().call_later(self.flush_interval, self._start)
+            self._core.check_idle()
+
+    async def _flush(self, batch: list[Finished]) -> None:
+        ids = [run.job_id for run, _, _ in batch]
+        tokens = [run.lease_token for run, _, _ in batch]
+        texts = [text for _, text, _ in batch]
+        results = texts if any(text is not None for text in texts) else None
+        backoff = Backoff()
+        while True:
+            try:
+                completed = await self._core.conns.run(_sql.ack_many_json(ids, tokens, results))
+                break
+            except TRANSIENT as exc:
+                if backoff.failures == 0:
+                    for run, _, duration in batch:
+                        self._retrying(run, duration, exc)
+                await asyncio.sleep(backoff.next())
+            except psycopg.Error as exc:
+                if len(batch) > 1:
+                    for item in batch:  # find the one the database refuses
+                        await self._flush([item])
+                    return
+                run, text, duration = batch[0]
+                if text is not None and isinstance(exc, psycopg.DataError):
+                    self._not_json(run, duration, exc)
+                    batch, results = [(run, None, duration)], None
+                    continue
+                log(
+                    logging.ERROR,
+                    "job.settle_failed",
+                    worker_id=self._worker_id,
+                    error=str(exc),
+                    **run.log_fields(duration),
+                )
+                return
+        self._report(batch, completed)
+
+    def _report(self, batch: list[Finished], completed: list[int]) -> None:
+        done = set(completed)
+        info, warning = enabled(logging.INFO), enabled(logging.WARNING)
+        for run, _, duration in batch:
+            if run.job_id in done:
+                if info:
+                    log(
+                        logging.INFO,
+                        "job.completed",
+                        worker_id=self._worker_id,
+                        outcome="completed",
+                        **run.log_fields(duration),
+                    )
+            elif warning:
+                log(
+                    logging.WARNING,
+                    "job.ack_rejected",
+                    worker_id=self._worker_id,
+                    outcome="lease_lost",
+                    **run.log_fields(duration),
+                )
+
+    def _not_json(self, run: Run, duration: float, exc: BaseException) -> None:
+        log(
+            logging.WARNING,
+            "job.result_not_json",
+            worker_id=self._worker_id,
+            error=str(exc),
+            **run.log_fields(duration),
+        )
+
+    def _retrying(self, run: Run, duration: float, exc: BaseException) -> None:
+        log(
+            logging.WARNING,
+            "job.settle_retry",
+            worker_id=self._worker_id,
+            error=f"{type(exc).__name__}: {exc}".strip(),
+            **run.log_fields(duration),
+        )
+
+    # -- nacks ----------------------------------------------------------------------
+
+    def nack(self, run: Run, failure: BaseException, duration: float) -> None:
+        task = asyncio.create_task(self._nack(run, failure, duration), name=f"openqueue-nack-{run.job_id}")
+        self._nacks.add(task)
+        task.add_done_callback(self._nack_done)
+
+    def _nack_done(self, task: asyncio.Task[None]) -> None:
+        self._nacks.discard(task)
+        self._core.check_idle()
+
+    async def _settle(self, call: Callable[[], Awaitable[T]], run: Run, duration: float) -> T:
+        """Run a nack until the database answers: the lease survives a restart."""
+        backoff = Backoff()
+        while True:
+            try:
+                return await call()
+            except TRANSIENT as exc:
+                if backoff.failures == 0:
+                    self._retrying(run, duration, exc)
+                await asyncio.sleep(backoff.next())
+
+    async def _nack(self, run: Run, failure: BaseException, duration: float) -> None:
+        fields = run.log_fields(duration)
+        retry_in: timedelta | None = None
+        retry = True
+        if isinstance(failure, Retry):
+            error, retry_in = f"Retry: {failure.message}", failure.in_
+        elif isinstance(failure, Fail):
+            error, retry = f"Fail: {failure.message}", False
+        else:
+            error = error_text(failure)
+        call = _sql.nack(run.job_id, run.lease_token, error, retry_in, retry)
+        try:
+            state = await self._settle(lambda: self._core.conns.run(call), run, duration)
+        except asyncio.CancelledError:
+            log(logging.WARNING, "job.abandoned", worker_id=self._worker_id, outcome="abandoned", **fields)
+            raise
+        except psycopg.Error as exc:
+            log(logging.ERROR, "job.settle_failed", worker_id=self._worker_id, error=str(exc), **fields)
+            return
+        self._core.fetcher.schedule_changed()  # a failed job has a future run_at now
+        summary = error.partition("\n")[0]
+        if state is None:
+            log(
+                logging.WARNING, "job.ack_rejected", worker_id=self._worker_id, outcome="lease_lost", **fields
+            )
+        elif state == "dead":
+            log(logging.ERROR, "job.dead", worker_id=self._worker_id, outcome="dead", error=summary, **fields)
+        elif isinstance(failure, Retry):
+            log(
+                logging.INFO, "job.retry", worker_id=self._worker_id, outcome="retry", error=summary, **fields
+            )
+        else:
+            log(
+                logging.WARNING,
+                "job.failed",
+                worker_id=self._worker_id,
+                outcome="failed",
+                error=summary,
+                **fields,
+            )
+
+    # -- stopping -------------------------------------------------------------------
+
+    async def abandon(self) -> None:
+        """Give up on everything not settled yet (grace expired, forced stop)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        tasks = [*self._nacks, *([self._flushing] if self._flushing else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        pending, self._pending = self._pending, []
+        for run, _, duration in pending:
+            log(
+                logging.WARNING,
+                "job.abandoned",
+                worker_id=self._worker_id,
+                outcome="abandoned",
+                **run.log_fields(duration),
+            )

@@ -1,0 +1,119 @@
+"""The worker's database connections: a few autocommit connections, and how calls run on them."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import TransactionStatus
+
+from .._sql import Call
+
+T = TypeVar("T")
+
+# Errors after which the same call may well succeed: the connection dropped,
+# the server is restarting, a pool or socket timed out.
+TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError, OSError)
+
+# SQLSTATEs the lease call raises for a bad argument: a worker configured
+# with them can never lease anything, so run() raises WorkerError.
+CONFIG_SQLSTATES = {"22023", "22004"}
+
+
+class Backoff:
+    """Capped exponential backoff with a little jitter."""
+
+    def __init__(self, first: float = 0.05, cap: float = 5.0) -> None:
+        self.first, self.cap, self.failures = first, cap, 0
+
+    def next(self) -> float:
+        delay = min(self.cap, self.first * (2**self.failures))
+        self.failures += 1
+        return delay * random.uniform(0.9, 1.1)
+
+    def reset(self) -> bool:
+        """Forget the failures; True if there were any."""
+        had, self.failures = self.failures > 0, 0
+        return had
+
+
+def connect_kwargs(dsn: str) -> dict[str, Any]:
+    """Connection settings a long-running worker wants unless the DSN says otherwise."""
+    given = conninfo_to_dict(dsn)
+    wanted: dict[str, Any] = {
+        "application_name": "openqueue-worker",
+        "connect_timeout": 10,
+        # A peer that vanished without closing the socket is noticed within a minute.
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+    }
+    return {k: v for k, v in wanted.items() if k not in given}
+
+
+async def connect(dsn: str) -> psycopg.AsyncConnection:
+    # Autocommit: every call is one statement, one transaction. psycopg prepares
+    # a statement after its fifth execution on a connection (prepare_threshold),
+    # which the hot path's few fixed statements reach at once.
+    return await psycopg.AsyncConnection.connect(dsn, autocommit=True, **connect_kwargs(dsn))
+
+
+async def close_quietly(conn: psycopg.AsyncConnection) -> None:
+    with suppress(Exception):
+        await conn.close()
+
+
+class Connections:
+    """A few autocommit connections, opened on demand and dropped once broken.
+
+    Deliberately simpler than a pool: a connection that failed is closed at
+    once and the next call opens a fresh one, so reconnecting follows the
+    worker's own backoff and nothing waits on a pool's reconnect schedule.
+    """
+
+    def __init__(self, dsn: str, max_size: int) -> None:
+        self._dsn = dsn
+        self._idle: list[psycopg.AsyncConnection] = []
+        self._slots = asyncio.Semaphore(max_size)
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
+        async with self._slots:
+            conn = None
+            while self._idle and conn is None:
+                candidate = self._idle.pop()
+                if candidate.closed or candidate.broken:
+                    await close_quietly(candidate)
+                else:
+                    conn = candidate
+            if conn is None:
+                conn = await connect(self._dsn)
+            try:
+                yield conn
+            finally:
+                reusable = (
+                    not conn.closed
+                    and not conn.broken
+                    and conn.info.transaction_status == TransactionStatus.IDLE
+                )
+                if reusable:
+                    self._idle.append(conn)
+                else:
+                    await close_quietly(conn)
+
+    async def run(self, call: Call[T]) -> T:
+        """One statement on a borrowed connection, decoded."""
+        async with self.connection() as conn:
+            cursor = await conn.execute(call.query, call.params)
+            return call.decode(await cursor.fetchall())
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await close_quietly(conn)

@@ -1,0 +1,237 @@
+"""The lease loop: keeps the worker's slots supplied with due jobs.
+
+* A queue is *ready* when a notification named it, a poll came due, or its
+  last lease call returned all it asked for. Each ``oq_lease`` call asks one
+  ready queue for up to ``batch_size`` jobs, never more than the free
+  capacity; each row carries its lease length as the database computed it.
+* Several lease calls may be in flight at once (up to one per batch that
+  fits in the capacity, at most ``MAX_LEASE_CALLS``), each on its own
+  connection: with small batches, free slots are refilled in parallel rather
+  than one round trip after another. A queue gets a second call in flight
+  only while its calls come back full (it is *hot*): a notification for one
+  job costs one call, not one per free slot.
+* Capacity is ``concurrency + prefetch``: with a prefetch, jobs are leased
+  while every slot is still busy, so a slot that finishes finds its next job
+  waiting instead of a round trip (see ``_should_lease``).
+* With nothing ready it sleeps until the next poll (``poll_interval``) or the
+  earliest future ``run_at`` of its queues, whichever is sooner; that delay is
+  computed by the database (``oq_next_run_at(...) - now()``), never from the
+  local clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from contextlib import suppress
+from typing import TYPE_CHECKING
+
+import psycopg
+
+from .. import _sql
+from ..errors import InvalidArgument, WorkerError
+from .connections import CONFIG_SQLSTATES, TRANSIENT, Backoff
+from .logging import log
+
+if TYPE_CHECKING:
+    from ._core import Core
+
+# A few milliseconds late for a scheduled job, so that now() in oq_lease has passed run_at.
+_SCHEDULE_SLACK = 0.01
+
+MAX_LEASE_CALLS = 8
+
+
+def max_lease_calls(capacity: int, batch_size: int) -> int:
+    return max(1, min(MAX_LEASE_CALLS, math.ceil(capacity / batch_size)))
+
+
+class Fetcher:
+    def __init__(self, core: Core) -> None:
+        self._core = core
+        self._queues = core.queues
+        self._ready: set[str] = set(core.queues)
+        # Bumped by every notification: a short lease result only clears the
+        # ready flag if no notification came while the call was in flight.
+        self._notified: dict[str, int] = dict.fromkeys(core.queues, 0)
+        self._wake = asyncio.Event()
+        self._rotation = 0
+        self._poll_due = 0.0
+        self._timer_due: float | None = None
+        self._schedule_stale = True
+        self._max_calls = max_lease_calls(core.capacity, core.batch_size)
+        self._calls: set[asyncio.Task[None]] = set()
+        self._calls_per_queue: dict[str, int] = dict.fromkeys(core.queues, 0)
+        self._hot: set[str] = set()
+        self._reserved = 0  # jobs asked for by the calls in flight
+        self._failure: BaseException | None = None
+        self._succeeded = False
+
+    @property
+    def max_calls(self) -> int:
+        return self._max_calls
+
+    # -- signals from the other parts ---------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def mark_ready(self, queue: str) -> None:
+        self._ready.add(queue)
+        self._notified[queue] += 1
+        self._wake.set()
+
+    def mark_all_ready(self) -> None:
+        for queue in self._queues:
+            self.mark_ready(queue)
+        self._schedule_stale = True
+
+    def schedule_changed(self) -> None:
+        """A job was scheduled for later: the earliest run_at may be sooner now."""
+        self._schedule_stale = True
+        self._wake.set()
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def _should_lease(self) -> int:
+        """How many jobs the next call asks for (0: not now).
+
+        Fewer jobs held than slots means a slot is idle and nothing is
+        buffered for it: lease at once whatever fits. With every slot busy,
+        lease ahead (the prefetch) once a batch of at least ``prefetch`` fits,
+        so that small leases do not follow every finished job.
+        """
+        core = self._core
+        held = len(core.inflight) + self._reserved
+        free = core.capacity - held
+        if free <= 0:
+            return 0
+        want = min(free, core.batch_size)
+        if held < core.concurrency or (core.prefetch and want >= min(core.batch_size, core.prefetch)):
+            return want
+        return 0
+
+    def _next_ready(self) -> str | None:
+        count = len(self._queues)
+        for i in range(count):
+            queue = self._queues[(self._rotation + i) % count]
+            if queue in self._ready and (not self._calls_per_queue[queue] or queue in self._hot):
+                self._rotation = (self._rotation + i + 1) % count
+                return queue
+        return None
+
+    async def loop(self) -> None:
+        try:
+            await self._loop()
+        except BaseException:
+            for task in self._calls:
+                task.cancel()
+            raise
+        finally:
+            # A graceful stop: the jobs of calls still in flight are leased; let them arrive.
+            if self._calls:
+                await asyncio.gather(*self._calls, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        core = self._core
+        backoff = Backoff()
+        while not core.stopping:
+            self._wake.clear()
+            failure, self._failure = self._failure, None
+            if failure is not None:
+                self._failed(backoff, failure)
+                await core.sleep(backoff.next())
+                continue
+            if self._succeeded:
+                self._succeeded = False
+                if backoff.reset():
+                    log(logging.INFO, "worker.db_recovered", worker_id=core.worker_id)
+            now = time.monotonic()
+            if now >= self._poll_due:
+                self.mark_all_ready()
+                self._poll_due = now + core.poll_interval
+            if self._timer_due is not None and now >= self._timer_due:
+                self.mark_all_ready()
+                self._timer_due = None
+
+            want = self._should_lease()
+            while want > 0 and len(self._calls) < self._max_calls:
+                queue = self._next_ready()
+                if queue is None:
+                    break
+                self._launch(queue, want)
+                want = self._should_lease()
+
+            if want > 0 and not self._calls and not self._ready and self._schedule_stale:
+                self._schedule_stale = False
+                await self._check_schedule()
+
+            deadline = min(self._poll_due, self._timer_due or self._poll_due)
+            timeout = deadline - time.monotonic()
+            if timeout > 0 and not core.stopping and not self._wake.is_set():
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+
+    def _failed(self, backoff: Backoff, exc: BaseException) -> None:
+        if isinstance(exc, InvalidArgument):
+            raise WorkerError(f"cannot lease with this configuration: {exc}") from exc
+        if isinstance(exc, psycopg.Error) and exc.sqlstate in CONFIG_SQLSTATES:
+            raise WorkerError(f"cannot lease with this configuration: {exc}") from exc
+        if not isinstance(exc, (*TRANSIENT, psycopg.Error)):
+            raise exc
+        level = logging.WARNING if backoff.failures == 0 else logging.DEBUG
+        log(
+            level,
+            "worker.db_error",
+            worker_id=self._core.worker_id,
+            error=f"{type(exc).__name__}: {exc}".strip(),
+        )
+
+    def _launch(self, queue: str, want: int) -> None:
+        self._reserved += want
+        self._calls_per_queue[queue] += 1
+        self._schedule_stale = True
+        task = asyncio.create_task(self._lease(queue, want), name=f"openqueue-lease-{queue}")
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
+
+    async def _lease(self, queue: str, want: int) -> None:
+        """One oq_lease call; its jobs go straight to the slots."""
+        core = self._core
+        notified = self._notified[queue]
+        sent_at = time.monotonic()
+        try:
+            call = _sql.lease_timed(queue, core.worker_id, core.lease_seconds, want, core.durable_leases)
+            leased = await core.conns.run(call)
+        except Exception as exc:
+            self._failure = exc
+            return
+        finally:
+            self._reserved -= want
+            self._calls_per_queue[queue] -= 1
+            self._wake.set()
+        self._succeeded = True
+        if len(leased) == want:
+            self._hot.add(queue)
+        else:
+            self._hot.discard(queue)
+            if self._notified[queue] == notified:
+                self._ready.discard(queue)  # drained, as far as this call could tell
+        if leased:
+            log(logging.DEBUG, "worker.leased", worker_id=core.worker_id, queue=queue, count=len(leased))
+            for item, lease_left in leased:
+                core.dispatch(item, lease_left, sent_at)
+
+    async def _check_schedule(self) -> None:
+        """Sleep no longer than until the earliest future run_at of our queues."""
+        core = self._core
+        try:
+            delay = await core.conns.run(_sql.next_run_in(self._queues))
+        except (*TRANSIENT, psycopg.Error):
+            return  # the poll covers it; the lease loop reports database errors
+        if delay is None:
+            self._timer_due = None
+            return
+        self._timer_due = time.monotonic() + max(delay, 0.0) + _SCHEDULE_SLACK
