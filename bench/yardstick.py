@@ -160,3 +160,21 @@ def drain(dsn: str, flavor: str, queue: str, slots: int, batch: int | None) -> T
 def drain_process(dsn: str, flavor: str, queue: str, slots: int, batch: int | None, out) -> None:
     """multiprocessing target: drain, then put the Tally on ``out``."""
     out.put(drain(dsn, flavor, queue, slots, batch))
+
+
+def main() -> None:
+    """``python -m bench.yardstick --dsn DSN --queue Q [--slots 8] [--batch 1]``: drain Q in this process."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--dsn", required=True)
+    parser.add_argument("--queue", required=True)
+    parser.add_argument("--slots", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=None, help="jobs per lease (default: free slots)")
+    parser.add_argument("--flavor", choices=["yardstick", "openqueue_sql"], default="yardstick")
+    args = parser.parse_args()
+    print(drain(args.dsn, args.flavor, args.queue, args.slots, args.batch))
+
+
+if __name__ == "__main__":
+    main()
