@@ -1,6 +1,6 @@
 """Figure 8: NOTIFY cost: 8 producers' single-enqueue rate with 16 idle listening workers vs none (>= 85 %).
 
-    python -m bench.notify [--seconds 5] [--producers 8] [--listeners 16]
+    python -m bench.notify [--seconds 5] [--producers 8] [--listeners 16] [--rounds 2]
 
 Producers: ``--producers`` processes, each one autocommit connection calling
 ``oq_enqueue`` on queue ``notify_bench`` in a loop for ``--seconds`` (they
@@ -8,7 +8,9 @@ start together on a shared event). Listeners: ``--listeners`` real
 ``AsyncWorker`` instances (8 per process, concurrency 1, default settings)
 for ANOTHER queue, so each one holds ``LISTEN openqueue`` and is woken by
 every notification without ever having work. The figure is the producers'
-rate with the listeners divided by their rate without any; it is measured
+rate with the listeners divided by their rate without any (the two
+alternate ``--rounds`` times, listeners started and stopped each time, to
+even out a noisy machine); it is measured
 with the default notify mode and, when ``oq_set_queue_notify`` is installed,
 with ``notify_bench`` set to ``'when_waiting'``.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
+import statistics
 import time
 
 import psycopg
@@ -74,7 +77,8 @@ def produce(dsn: str, producers: int, seconds: float) -> float:
 
 def listening(conn: psycopg.Connection) -> int:
     row = conn.execute(
-        "select count(*) from pg_stat_activity where query ilike 'listen%%' and pid <> pg_backend_pid()"
+        "select count(*) from pg_stat_activity where query ilike 'listen%%' and pid <> pg_backend_pid() "
+        "and datname = current_database()"
     ).fetchone()
     return int(row[0]) if row else 0
 
@@ -109,21 +113,28 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--producers", type=int, default=8)
     parser.add_argument("--listeners", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     with database() as dsn, psycopg.connect(dsn, autocommit=True) as conn:
         modes = has_function(conn, "oq_set_queue_notify")
-        quiet = produce(dsn, args.producers, args.seconds)
-        listeners = start_listeners(dsn, conn, args.listeners)
-        try:
-            loud = produce(dsn, args.producers, args.seconds)
-            print(f"  default mode: {quiet:,.0f} jobs/s alone, {loud:,.0f} jobs/s with listeners")
-            if modes:
-                conn.execute("select openqueue.oq_set_queue_notify(%s, %s)", (QUEUE, "when_waiting"))
-                loud_ww = produce(dsn, args.producers, args.seconds)
-        finally:
-            stop(listeners)
+
+        def pair() -> tuple[float, float]:
+            """Rates without and with listeners, alternated --rounds times; the means."""
+            quiet, loud = [], []
+            for _ in range(args.rounds):
+                quiet.append(produce(dsn, args.producers, args.seconds))
+                listeners = start_listeners(dsn, conn, args.listeners)
+                try:
+                    loud.append(produce(dsn, args.producers, args.seconds))
+                finally:
+                    stop(listeners)
+            return statistics.fmean(quiet), statistics.fmean(loud)
+
+        quiet, loud = pair()
+        print(f"  default mode: {quiet:,.0f} jobs/s alone, {loud:,.0f} jobs/s with listeners")
         if modes:
-            quiet_ww = produce(dsn, args.producers, args.seconds)
+            conn.execute("select openqueue.oq_set_queue_notify(%s, %s)", (QUEUE, "when_waiting"))
+            quiet_ww, loud_ww = pair()
             print(f"  when_waiting: {quiet_ww:,.0f} jobs/s alone, {loud_ww:,.0f} jobs/s with listeners")
         rows = [
             Row(
