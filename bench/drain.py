@@ -108,10 +108,11 @@ def wait_drained(conn: psycopg.Connection, ids: list[int], counter, timeout: flo
 
 
 def finished_span(conn: psycopg.Connection, ids: list[int]) -> float:
+    """Seconds from the first to the last finished_at of these jobs (one contiguous id range)."""
     row = conn.execute(
         "select extract(epoch from max(finished_at) - min(finished_at)) "
-        "from openqueue.jobs where id = any(%s)",
-        (ids,),
+        "from openqueue.jobs where id between %s and %s",
+        (min(ids), max(ids)),
     ).fetchone()
     return float(row[0]) if row and row[0] else 0.0
 

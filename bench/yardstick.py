@@ -66,7 +66,7 @@ ENQUEUE_BATCH = (
 
 OQ_LEASE = "select id, lease_token from openqueue.oq_lease(%s, %s, null, %s)"
 OQ_ACK_ONE = "select openqueue.oq_ack(%s, %s)"
-OQ_ACK_MANY = "select count(*) from openqueue.oq_ack_many(%s, %s)"
+OQ_ACK_MANY = "select count(*) from openqueue.oq_ack_many(%s::bigint[], %s::uuid[])"
 # Without oq_ack_many: one oq_ack per job, all in one statement and one commit.
 OQ_ACK_UNNEST = (
     "select count(*) from unnest(%s::bigint[], %s::uuid[]) as t(id, token) "
@@ -112,7 +112,10 @@ class _Loop:
             self.lease_sql, self.lease_args = OQ_LEASE, (queue, f"lean-{id(self)}", batch)
         self.flavor = flavor
         if flavor == "openqueue_sql" and batch > 1:
-            row = self.conn.execute("select to_regproc('openqueue.oq_ack_many') is not null").fetchone()
+            row = self.conn.execute(
+                "select exists (select from pg_proc "
+                "where pronamespace = 'openqueue'::regnamespace and proname = 'oq_ack_many')"
+            ).fetchone()
             self.ack_many = OQ_ACK_MANY if row and row[0] else OQ_ACK_UNNEST
 
     def run(self) -> None:
