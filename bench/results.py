@@ -57,6 +57,14 @@ def git_commit() -> str:
     return commit + ("-dirty" if dirty else "")
 
 
+def load() -> str:
+    """The 1-minute load average: how busy the shared machine was (2 cores here)."""
+    try:
+        return f", load {Path('/proc/loadavg').read_text().split()[0]}"
+    except OSError:
+        return ""
+
+
 def print_table(title: str, rows: Sequence[Row]) -> None:
     table = [COLUMNS, *(row.cells() for row in rows)]
     widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
@@ -72,7 +80,7 @@ def report(section: str, description: str, rows: Sequence[Row], dsn: str, note: 
     print_table(section, rows)
     if note:
         print(note)
-    env = f"{dt.datetime.now().strftime('%Y-%m-%d %H:%M')} | {git_commit()} | {machine()} | "
+    env = f"{dt.datetime.now().strftime('%Y-%m-%d %H:%M')} | {git_commit()} | {machine()}{load()} | "
     env += server_settings(dsn)
     lines = [
         f"| {env} | " + " | ".join(cell.replace("|", "/") for cell in row.cells()) + " |" for row in rows
