@@ -35,7 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.notify
 	$(BIN)/python -m bench.rss
 
-## bench-large: figures 6 and 9 (10,000,000-row tables; ~10 minutes, ~8 GB of disk)
+## bench-large: figures 6 and 9 (10,000,000-row tables; ~7 minutes, several GB of disk)
 bench-large: $(STAMP)
 	$(BIN)/python -m bench.large
 

@@ -29,15 +29,19 @@ In this order, on one server:
    payloads built server-side); the same lease latencies; target: p50 within
    1.5x of step 1's.
 7. 6b: ``--future`` jobs scheduled a day ahead at a HIGHER priority (10)
-   than the due ones (0), same queue; the index entries one ``oq_lease``
-   reads (idx_tup_read of every openqueue index, delta around one warmed-up
-   call, stats flushed with pg_stat_force_next_flush()); target O(batch):
-   at most 1,000 entries.
+   than the due ones (0), same queue; what one warmed-up ``oq_lease`` call
+   reads of the indexes: the delta of idx_blks_hit + idx_blks_read over
+   every openqueue index (pg_statio_user_indexes) and of idx_tup_read,
+   stats flushed with pg_stat_force_next_flush(). The target, O(batch), is
+   on index buffers: at most 50 + 10 x batch (a scan that steps over the
+   future entries reads about one buffer per few hundred of them: ~11,000
+   for 1,000,000). idx_tup_read is printed too but counts only the entries
+   the scan returns, not those it steps over, so it cannot show this.
 
 The embedded server gets ``max_wal_size = 16GB`` and ``checkpoint_timeout =
 30min`` so that the bulk loads are not a string of checkpoints (durability
-settings unchanged); an external server is left as it is. Takes about
-6-10 minutes and ~8 GB of disk.
+settings unchanged); an external server is left as it is. Takes about 7
+minutes and several GB of disk.
 """
 
 from __future__ import annotations
@@ -385,10 +389,10 @@ def main() -> None:
             entries, buffers, elapsed = reads[b]
             rows.append(
                 Row(
-                    f"6b. index entries read by one oq_lease, batch {b}, {args.future:,} future jobs ahead",
-                    f"{entries:,} entries, {buffers:,} index buffers, {fmt_ms(elapsed)}",
-                    target="<= 1,000 entries",
-                    passed=entries <= 1000,
+                    f"6b. index reads of one oq_lease, batch {b}, {args.future:,} future jobs ahead",
+                    f"{buffers:,} index buffers ({entries:,} entries returned), {fmt_ms(elapsed)}",
+                    target=f"<= {50 + 10 * b} buffers",
+                    passed=buffers <= 50 + 10 * b,
                 )
             )
         rows.append(
@@ -427,8 +431,8 @@ def main() -> None:
         )
         description = (
             "`python -m bench.large` (see its docstring): oq_lease latency with 10,000,000 due jobs "
-            "vs 10,000 (each call its own transaction); index entries one lease reads with 1,000,000 "
-            "future jobs at a higher priority (pg_stat_user_indexes.idx_tup_read delta); Worker drain "
+            "vs 10,000 (each call its own transaction); index buffers one lease reads with 1,000,000 "
+            "future jobs at a higher priority (pg_statio_user_indexes delta); Worker drain "
             "(2 x 8) with 10,000,000 finished jobs kept vs empty, each divided by a yardstick drain run "
             "just before it; oq_stats() latency; purge of 1,000,000 rows (transactions and the longest "
             "one sampled from pg_stat_activity)."
