@@ -32,7 +32,7 @@ In this order, on one server:
    than the due ones (0), same queue; what one warmed-up ``oq_lease`` call
    reads of the indexes: the delta of idx_blks_hit + idx_blks_read over
    every openqueue index (pg_statio_user_indexes) and of idx_tup_read,
-   stats flushed with pg_stat_force_next_flush(). The target, O(batch), is
+   stats flushed with pg_stat_force_next_flush(), the least of 3 calls. The target, O(batch), is
    on index buffers: at most 50 + 10 x batch (a scan that steps over the
    future entries reads about one buffer per few hundred of them: ~11,000
    for 1,000,000). idx_tup_read is printed too but counts only the entries
@@ -195,22 +195,32 @@ def index_counters(conn: psycopg.Connection) -> tuple[int, int]:
     return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
-def index_reads(dsn: str, queue: str, batch: int) -> tuple[int, int, float]:
-    """Index entries and index buffers one warmed-up oq_lease call touches, and its latency."""
+def index_reads(dsn: str, queue: str, batch: int, tries: int = 3) -> tuple[int, int, float]:
+    """Index entries returned, index buffers read and latency of one warmed-up oq_lease call.
+
+    The counters are server-wide, so a concurrent autovacuum of the same
+    tables would add its own reads: the least of ``tries`` measurements.
+    """
+    best: tuple[int, int, float] | None = None
     with psycopg.connect(dsn, autocommit=True) as probe, psycopg.connect(dsn, autocommit=True) as watch:
         sql = "select count(*) from openqueue.oq_lease(%s, 'bench-probe', null, %s)"
         for _ in range(3):
             probe.execute(sql, (queue, batch))
-        probe.execute("select pg_stat_force_next_flush()")
-        time.sleep(0.3)
-        entries, buffers = index_counters(watch)
-        started = time.perf_counter()
-        probe.execute(sql, (queue, batch))
-        elapsed = time.perf_counter() - started
-        probe.execute("select pg_stat_force_next_flush()")
-        time.sleep(0.3)
-        after_entries, after_buffers = index_counters(watch)
-    return after_entries - entries, after_buffers - buffers, elapsed
+        for _ in range(tries):
+            probe.execute("select pg_stat_force_next_flush()")
+            time.sleep(0.3)
+            entries, buffers = index_counters(watch)
+            started = time.perf_counter()
+            probe.execute(sql, (queue, batch))
+            elapsed = time.perf_counter() - started
+            probe.execute("select pg_stat_force_next_flush()")
+            time.sleep(0.3)
+            after_entries, after_buffers = index_counters(watch)
+            measured = (after_entries - entries, after_buffers - buffers, elapsed)
+            if best is None or measured[1] < best[1]:
+                best = measured
+    assert best is not None
+    return best
 
 
 def timed(conn: psycopg.Connection, sql: str, calls: int = 5) -> float:
