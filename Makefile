@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint sql fmt bench chaos clean
+.PHONY: test lint sql fmt bench bench-large bench-soak chaos clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,11 +25,24 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/python -c 'import sys; from openqueue_py.migrate import main; sys.exit(main(["--check"]))'
 
-## bench: wake-up latency and throughput benchmarks (embedded PostgreSQL; results in bench/out/)
+## bench: issue 6's short figures (1-5, 8, 10), each against its yardstick; rows go to bench/RESULTS.md
 bench: $(STAMP)
-	mkdir -p bench/out
-	$(BIN)/python -m bench.latency | tee bench/out/latency.json
-	$(BIN)/python -m bench.throughput | tee bench/out/throughput.json
+	$(BIN)/python -m bench.drain
+	$(BIN)/python -m bench.drain_one
+	$(BIN)/python -m bench.drain_async
+	$(BIN)/python -m bench.enqueue
+	$(BIN)/python -m bench.wakeup
+	$(BIN)/python -m bench.notify
+	$(BIN)/python -m bench.rss
+
+## bench-large: figures 6 and 9 (10,000,000-row tables; ~7 minutes, several GB of disk)
+bench-large: $(STAMP)
+	$(BIN)/python -m bench.large
+
+## bench-soak: figure 7, a churn soak (SOAK_MINUTES, default 30)
+SOAK_MINUTES ?= 30
+bench-soak: $(STAMP)
+	$(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES)
 
 ## chaos: a bounded chaos run with a printed summary (CHAOS_SECONDS=300 for longer, CHAOS_SEED=n to replay)
 CHAOS_SECONDS ?= 60
