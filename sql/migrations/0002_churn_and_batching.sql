@@ -186,10 +186,10 @@ when (old.run_at is distinct from new.run_at)
 execute function openqueue._live_jobs_run_at_moved();
 
 -- Promote a queue's waiting jobs whose run_at has come into the lease index,
--- oldest run_at first, at most max_rows (so that a million jobs falling due
--- at once are spread over many short leases instead of one long one; the
--- lease order is exact whenever fewer than max_rows fell due since the last
--- lease). SKIP LOCKED: a row another leaser is promoting is its business.
+-- oldest run_at first, at most max_rows per statement (oq_lease calls it
+-- until none is left, so that the lease order stays exact however many fell
+-- due since the last lease). SKIP LOCKED: a row another leaser is promoting
+-- is its business.
 create function openqueue._promote_due(queue_name text, max_rows integer)
 returns integer
 language plpgsql
@@ -762,8 +762,13 @@ begin
 
     -- Jobs whose run_at has come join the lease index first; since that
     -- index is ordered by run_at within a priority, they take their exact
-    -- place among the jobs that were due already.
-    perform openqueue._promote_due(oq_lease.queue_name, greatest(oq_lease.batch_size, 1000));
+    -- place among the jobs that were due already. All of them, in chunks: a
+    -- job of higher priority may be the last to fall due, and the lease
+    -- order is the contract's. Each job is promoted once, so the work is
+    -- spread over leases as jobs fall due (one index descent when none has).
+    loop
+        exit when openqueue._promote_due(oq_lease.queue_name, 10000) < 10000;
+    end loop;
 
     -- SKIP LOCKED lets any number of workers lease from one queue without
     -- waiting on each other; live_jobs_lease_order holds due jobs only, so
