@@ -613,3 +613,69 @@ def test_no_notification_from_replay_or_reap_before_commit(conn, dsn, listener):
         assert received(listener, conn) == []
         other.commit()
     assert received(listener, conn) == ["r", "s"]
+
+
+# --- the finished-job counters and concurrency ------------------------------------------------
+
+
+def _sessions_sharing_a_counter_shard(dsn: str) -> list[psycopg.Connection]:
+    """Two sessions (open transactions) whose counters would share a row if sharded by pid % 16."""
+    opened: dict[int, psycopg.Connection] = {}
+    while True:
+        s = psycopg.connect(dsn)
+        shard = s.info.backend_pid % 16
+        if shard in opened:
+            for other_shard, other in opened.items():
+                if other_shard != shard:
+                    other.close()
+            return [opened[shard], s]
+        opened[shard] = s
+
+
+def test_two_transactions_finishing_jobs_of_two_queues_in_opposite_orders_neither_wait_nor_deadlock(
+    conn, dsn
+):
+    """As in version 1: finishing different jobs never makes one session wait for another."""
+    a = enqueue_batch(conn, "a", [{}, {}])
+    b = enqueue_batch(conn, "b", [{}, {}])
+    held = {r["id"]: r["lease_token"] for q in ("a", "b") for r in lease(conn, q, batch_size=2)}
+    s1, s2 = _sessions_sharing_a_counter_shard(dsn)
+    try:
+        for s in (s1, s2):
+            s.execute("set lock_timeout = '3s'")
+        assert ack(s1, a[0], held[a[0]]) is True
+        assert cancel(s2, b[0]) is True
+        assert ack(s1, b[1], held[b[1]]) is True  # would wait for s2 on a shared counter row
+        assert ack_many(s2, [a[1]], [held[a[1]]]) == [a[1]]
+        s1.commit()
+        s2.commit()
+    finally:
+        s1.close()
+        s2.close()
+    assert_stats_exact(conn)
+
+
+def test_counters_of_exited_sessions_are_folded_by_reap_and_stats_stay_exact(conn, dsn):
+    ids = enqueue_batch(conn, "q", [{} for _ in range(6)])
+    held = lease(conn, "q", batch_size=6)
+    pids = set()
+    for row in held[:5]:
+        with psycopg.connect(dsn, autocommit=True) as s:
+            pids.add(s.info.backend_pid)
+            assert ack(s, row["id"], row["lease_token"]) is True
+    assert cancel(conn, ids[5]) is True  # this session stays: its row is kept
+    rows_before = conn.execute("select count(*) from openqueue.finished_counts").fetchone()[0]
+    assert rows_before >= 3
+    deadline = time.monotonic() + 10  # a closed session leaves pg_stat_activity shortly after
+    while conn.execute("select count(*) from pg_stat_activity where pid = any(%s)", [list(pids)]).fetchone()[
+        0
+    ]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert reap(conn) == 0
+    shards = conn.execute(
+        "select status, shard from openqueue.finished_counts where queue_name = 'q' order by 1, 2"
+    ).fetchall()
+    assert shards == [("cancelled", conn.info.backend_pid), ("completed", 0)]
+    assert_stats_exact(conn)
+    assert (stats(conn)["q"]["completed"], stats(conn)["q"]["cancelled"]) == (5, 1)
