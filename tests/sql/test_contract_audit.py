@@ -469,6 +469,14 @@ def test_expired_but_unreaped_lease_still_acks_heartbeats_acks_many_and_nacks(co
     assert [job(conn, i)["status"] for i in ids] == ["processing", "completed", "completed", "failed"]
 
 
+def test_an_expired_but_unreaped_lease_is_not_leased_by_anyone_else(conn):
+    """oq_lease claims only pending / failed jobs: until oq_reap, nobody else holds the job."""
+    job_id, token = make_job(conn, "processing")
+    expire_lease(conn, job_id)
+    assert lease(conn, "q", "w2", batch_size=10) == []
+    assert ack(conn, job_id, token) is True
+
+
 @pytest.mark.parametrize("call", ["ack", "ack_many", "heartbeat", "nack"])
 def test_cancel_revokes_a_held_lease_for_every_lease_call(conn, call):
     job_id, token = make_job(conn, "processing")
