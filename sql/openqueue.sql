@@ -1437,10 +1437,10 @@ when (old.run_at is distinct from new.run_at)
 execute function openqueue._live_jobs_run_at_moved();
 
 -- Promote a queue's waiting jobs whose run_at has come into the lease index,
--- oldest run_at first, at most max_rows (so that a million jobs falling due
--- at once are spread over many short leases instead of one long one; the
--- lease order is exact whenever fewer than max_rows fell due since the last
--- lease). SKIP LOCKED: a row another leaser is promoting is its business.
+-- oldest run_at first, at most max_rows per statement (oq_lease calls it
+-- until none is left, so that the lease order stays exact however many fell
+-- due since the last lease). SKIP LOCKED: a row another leaser is promoting
+-- is its business.
 create function openqueue._promote_due(queue_name text, max_rows integer)
 returns integer
 language plpgsql
@@ -1478,8 +1478,14 @@ comment on function openqueue._promote_due(text, integer) is
 -- every path that moves jobs in or out (ack, oq_ack_many, nack and reap to
 -- dead, cancel, replay, purge, DELETE or UPDATE through openqueue.jobs, even
 -- a hand-written INSERT) keeps them exact, with one upsert per statement and
--- (queue, status) rather than per row. Sharded by backend pid (16 shards) so
--- that concurrent ackers do not queue on one counter row until commit.
+-- (queue, status) rather than per row. One shard per backend (shard = its
+-- pid): no two running sessions ever write the same counter row, so finishing
+-- jobs never makes one transaction wait for another's commit, nor deadlock
+-- with it (two transactions finishing jobs of queues a and b in opposite
+-- orders would, on a shared row), exactly as in version 1. The rows of
+-- backends that have exited are folded into shard 0 by
+-- openqueue._fold_finished_counts (called by oq_reap and the purges), so the
+-- table holds about (running sessions + 1) x queues x 3 rows.
 -- ---------------------------------------------------------------------------
 
 create table openqueue.finished_counts (
@@ -1491,8 +1497,9 @@ create table openqueue.finished_counts (
 ) with (fillfactor = 50);
 
 comment on table openqueue.finished_counts is
-'Internal: finished jobs per queue and status, in 16 shards to sum; kept by '
-'triggers on finished_jobs. Read oq_stats() instead.';
+'Internal: finished jobs per queue and status, in shards to sum (shard: the '
+'pid of the backend that wrote it; 0: folded rows of exited backends); kept '
+'by triggers on finished_jobs. Read oq_stats() instead.';
 
 create function openqueue._finished_counts_inserted()
 returns trigger
@@ -1501,7 +1508,7 @@ set search_path = pg_catalog, pg_temp
 as $$
 begin
     insert into openqueue.finished_counts as fc (queue_name, status, shard, jobs)
-    select n.queue_name, n.status, pg_backend_pid() % 16, count(*)
+    select n.queue_name, n.status, pg_backend_pid(), count(*)
     from new_rows as n
     group by n.queue_name, n.status
     order by n.queue_name, n.status
@@ -1521,7 +1528,7 @@ set search_path = pg_catalog, pg_temp
 as $$
 begin
     insert into openqueue.finished_counts as fc (queue_name, status, shard, jobs)
-    select o.queue_name, o.status, pg_backend_pid() % 16, -count(*)
+    select o.queue_name, o.status, pg_backend_pid(), -count(*)
     from old_rows as o
     group by o.queue_name, o.status
     order by o.queue_name, o.status
@@ -1541,7 +1548,7 @@ set search_path = pg_catalog, pg_temp
 as $$
 begin
     insert into openqueue.finished_counts as fc (queue_name, status, shard, jobs)
-    select c.queue_name, c.status, pg_backend_pid() % 16, sum(c.jobs)
+    select c.queue_name, c.status, pg_backend_pid(), sum(c.jobs)
     from (
         select n.queue_name, n.status, 1 as jobs from new_rows as n
         union all
@@ -1603,6 +1610,61 @@ select
     count(*) as jobs
 from openqueue.finished_jobs as fj
 group by fj.queue_name, fj.status;
+
+-- Folds the counter rows of backends that have exited into shard 0. One
+-- folder at a time (the others skip, they would only wait for it); rows a
+-- running session writes are never touched, and rows locked by anyone (a
+-- prepared transaction, a session whose pid was just reused) are skipped, so
+-- this never waits on a counter row and never deadlocks with the triggers.
+create function openqueue._fold_finished_counts()
+returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if not pg_try_advisory_xact_lock(openqueue._fold_lock_key()) then
+        return;
+    end if;
+    with gone as (
+        delete from openqueue.finished_counts as fc
+        where (fc.queue_name, fc.status, fc.shard) in (
+            select c.queue_name, c.status, c.shard
+            from openqueue.finished_counts as c
+            where c.shard <> 0
+              and not exists (select from pg_catalog.pg_stat_activity as a where a.pid = c.shard)
+            for update skip locked
+        )
+        returning fc.queue_name, fc.status, fc.jobs
+    )
+
+    insert into openqueue.finished_counts as fc (queue_name, status, shard, jobs)
+    select g.queue_name, g.status, 0, sum(g.jobs)
+    from gone as g
+    group by g.queue_name, g.status
+    order by g.queue_name, g.status
+    on conflict on constraint finished_counts_pkey do update
+    set jobs = fc.jobs + excluded.jobs;
+
+    delete from openqueue.finished_counts as fc
+    where fc.shard = 0 and fc.jobs = 0;
+end;
+$$;
+
+comment on function openqueue._fold_finished_counts() is
+'Internal: fold the finished_counts rows of backends that have exited into '
+'shard 0 (and drop zero rows there); skips when another session is folding.';
+
+create function openqueue._fold_lock_key()
+returns bigint
+language sql
+immutable
+set search_path = pg_catalog, pg_temp
+as $$
+    select 478892509123815812::bigint  -- next to _waiters_lock_key(), fixed
+$$;
+
+comment on function openqueue._fold_lock_key() is
+'Internal: the advisory lock key that lets one session at a time run _fold_finished_counts.';
 
 -- ---------------------------------------------------------------------------
 -- NOTIFY economy.
@@ -2013,8 +2075,13 @@ begin
 
     -- Jobs whose run_at has come join the lease index first; since that
     -- index is ordered by run_at within a priority, they take their exact
-    -- place among the jobs that were due already.
-    perform openqueue._promote_due(oq_lease.queue_name, greatest(oq_lease.batch_size, 1000));
+    -- place among the jobs that were due already. All of them, in chunks: a
+    -- job of higher priority may be the last to fall due, and the lease
+    -- order is the contract's. Each job is promoted once, so the work is
+    -- spread over leases as jobs fall due (one index descent when none has).
+    loop
+        exit when openqueue._promote_due(oq_lease.queue_name, 10000) < 10000;
+    end loop;
 
     -- SKIP LOCKED lets any number of workers lease from one queue without
     -- waiting on each other; live_jobs_lease_order holds due jobs only, so
@@ -2196,6 +2263,9 @@ begin
     -- Registrations of workers that stopped waiting (see oq_wait).
     delete from openqueue.queue_waiters as w where w.wait_until <= now();
 
+    -- Counter rows of exited backends (see openqueue.finished_counts).
+    perform openqueue._fold_finished_counts();
+
     perform pg_notify('openqueue', q.queue_name)
     from (select distinct u.queue_name from unnest(v_queues) as u (queue_name)) as q;
 
@@ -2295,7 +2365,8 @@ comment on function openqueue.oq_reap() is
 'Reclaim every processing job whose lease has expired: it becomes pending '
 'again (error ''lease expired'' recorded), or dead if its attempts are used '
 'up. Returns how many jobs were reclaimed; notifies the refilled queues. '
-'Also drops expired oq_wait registrations. Safe to run concurrently and often.';
+'Also drops expired oq_wait registrations and folds the finished-job counters '
+'of exited sessions. Safe to run concurrently and often.';
 
 -- ---------------------------------------------------------------------------
 -- oq_stats reads the counters for the finished states; the live states are
@@ -2433,6 +2504,7 @@ begin
         v_total := v_total + v_count;
         exit when v_count = 0;
     end loop;
+    perform openqueue._fold_finished_counts();
     return v_total;
 end;
 $$;
@@ -2465,6 +2537,7 @@ begin
     end if;
     perform openqueue._check_range('max_rows', oq_purge_batch.max_rows, 1, 1000000);
 
+    perform openqueue._fold_finished_counts();
     return openqueue._purge_chunk(
         oq_purge_batch.older_than, oq_purge_batch.include_dead, oq_purge_batch.max_rows
     );
@@ -2491,6 +2564,8 @@ revoke all on function openqueue._finished_counts_inserted() from public;
 revoke all on function openqueue._finished_counts_deleted() from public;
 revoke all on function openqueue._finished_counts_updated() from public;
 revoke all on function openqueue._finished_counts_truncated() from public;
+revoke all on function openqueue._fold_finished_counts() from public;
+revoke all on function openqueue._fold_lock_key() from public;
 
 -- ---------------------------------------------------------------------------
 -- oq_health: what an operator of a busy queue needs to see at a glance.
