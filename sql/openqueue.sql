@@ -1771,6 +1771,40 @@ comment on function openqueue.oq_wait(text[], text, integer) is
 'their commit. Errors 22004/22023 for bad queue_names, worker_id or seconds.';
 
 -- ---------------------------------------------------------------------------
+-- _queue_settings in PL/pgSQL: a SQL-language function with a SET clause is
+-- never inlined and re-plans its query on every call (about 80 us, more than
+-- the rest of a lease); PL/pgSQL keeps the plan for the session. Same
+-- result, same built-in defaults.
+-- ---------------------------------------------------------------------------
+
+create or replace function openqueue._queue_settings(
+    queue_name text,
+    out max_attempts integer,
+    out lease_seconds integer,
+    out backoff_base interval,
+    out backoff_max interval
+)
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    select
+        coalesce(q.max_attempts, 5),
+        coalesce(q.lease_seconds, 30),
+        coalesce(q.backoff_base, interval '1 second'),
+        coalesce(q.backoff_max, interval '1 hour')
+    into
+        _queue_settings.max_attempts,
+        _queue_settings.lease_seconds,
+        _queue_settings.backoff_base,
+        _queue_settings.backoff_max
+    from (select 1) as one
+    left join openqueue.queues as q on q.queue_name = _queue_settings.queue_name;
+end;
+$$;
+
+-- ---------------------------------------------------------------------------
 -- Functions that place waiting jobs: the same behaviour as version 1, plus
 -- the due flag.
 -- ---------------------------------------------------------------------------

@@ -49,6 +49,7 @@ OPERATIONS = (
     *["lease"] * 3,
     *["nack"] * 2,
     *["ack"] * 2,
+    "ack_many",
     "heartbeat",
     "expire",
     "reap",
@@ -225,6 +226,30 @@ class QueueMachine(RuleBasedStateMachine):
             job = self.model[job_id]
             job.status, job.token, job.expired = "completed", None, False
         else:
+            assert self._table() == before
+
+    def do_ack_many(self, data: st.DataObject) -> None:
+        """oq_ack_many over a few (job, token) pairs, repeats and wrong tokens included."""
+        pairs = []
+        for _ in range(data.draw(st.integers(0, 4), label="batch size")):
+            job_id = self._job(data)
+            if job_id is not None:
+                pairs.append((job_id, self._token(job_id, data)))
+        expected: list[int] = []
+        for job_id, token in pairs:
+            if self._holds(job_id, token) and job_id not in expected:
+                expected.append(job_id)
+        event(f"ack_many, {len(expected)} of {len(pairs)} held")
+        before = self._table()
+        rows = self.conn.execute(
+            "select * from openqueue.oq_ack_many(job_ids => %s::bigint[], lease_tokens => %s::uuid[])",
+            ([j for j, _ in pairs], [t for _, t in pairs]),
+        ).fetchall()
+        assert [r[0] for r in rows] == expected
+        for job_id in expected:
+            job = self.model[job_id]
+            job.status, job.token, job.expired = "completed", None, False
+        if not expected:
             assert self._table() == before
 
     def do_nack(self, data: st.DataObject) -> None:

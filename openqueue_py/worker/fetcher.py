@@ -7,7 +7,9 @@
 * Several lease calls may be in flight at once (up to one per batch that
   fits in the capacity, at most ``MAX_LEASE_CALLS``), each on its own
   connection: with small batches, free slots are refilled in parallel rather
-  than one round trip after another.
+  than one round trip after another. A queue gets a second call in flight
+  only while its calls come back full (it is *hot*): a notification for one
+  job costs one call, not one per free slot.
 * Capacity is ``concurrency + prefetch``: with a prefetch, jobs are leased
   while every slot is still busy, so a slot that finishes finds its next job
   waiting instead of a round trip (see ``_should_lease``).
@@ -61,6 +63,8 @@ class Fetcher:
         self._schedule_stale = True
         self._max_calls = max_lease_calls(core.capacity, core.batch_size)
         self._calls: set[asyncio.Task[None]] = set()
+        self._calls_per_queue: dict[str, int] = dict.fromkeys(core.queues, 0)
+        self._hot: set[str] = set()
         self._reserved = 0  # jobs asked for by the calls in flight
         self._failure: BaseException | None = None
         self._succeeded = False
@@ -113,7 +117,7 @@ class Fetcher:
         count = len(self._queues)
         for i in range(count):
             queue = self._queues[(self._rotation + i) % count]
-            if queue in self._ready:
+            if queue in self._ready and (not self._calls_per_queue[queue] or queue in self._hot):
                 self._rotation = (self._rotation + i + 1) % count
                 return queue
         return None
@@ -187,6 +191,7 @@ class Fetcher:
 
     def _launch(self, queue: str, want: int) -> None:
         self._reserved += want
+        self._calls_per_queue[queue] += 1
         self._schedule_stale = True
         task = asyncio.create_task(self._lease(queue, want), name=f"openqueue-lease-{queue}")
         self._calls.add(task)
@@ -204,10 +209,15 @@ class Fetcher:
             return
         finally:
             self._reserved -= want
+            self._calls_per_queue[queue] -= 1
             self._wake.set()
         self._succeeded = True
-        if len(leased) < want and self._notified[queue] == notified:
-            self._ready.discard(queue)  # drained, as far as this call could tell
+        if len(leased) == want:
+            self._hot.add(queue)
+        else:
+            self._hot.discard(queue)
+            if self._notified[queue] == notified:
+                self._ready.discard(queue)  # drained, as far as this call could tell
         if leased:
             log(logging.DEBUG, "worker.leased", worker_id=core.worker_id, queue=queue, count=len(leased))
             for item, lease_left in leased:
