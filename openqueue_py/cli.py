@@ -333,6 +333,12 @@ def _worker_handlers(queue_specs: tuple[str, ...], app: str | None) -> dict[str,
     show_default=True,
     help="Jobs leased ahead while every slot is busy.",
 )
+@click.option(
+    "--durable-leases/--no-durable-leases",
+    default=False,
+    show_default=True,
+    help="Make each lease wait for the WAL flush (default: only acks and nacks do).",
+)
 @click.option("--worker-id", default=None, help="Recorded as leased_by (default host:pid:random).")
 @click.option(
     "--log-level",
@@ -351,6 +357,7 @@ def worker_command(
     reap_interval: float,
     batch_size: int | None,
     prefetch: int,
+    durable_leases: bool,
     worker_id: str | None,
     log_level: str,
 ) -> None:
@@ -387,6 +394,7 @@ def worker_command(
         "reap_interval": reap_interval,
         "batch_size": batch_size,
         "prefetch": prefetch,
+        "durable_leases": durable_leases,
         "worker_id": worker_id,
     }
     with _reported():

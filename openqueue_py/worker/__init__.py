@@ -45,6 +45,7 @@ class _Face:
         reap_interval: float | None = 5.0,
         batch_size: int | None = None,
         prefetch: int = 0,
+        durable_leases: bool = False,
         worker_id: str | None = None,
         handle_signals: bool = True,
     ) -> None:
@@ -62,7 +63,20 @@ class _Face:
         ``grace_period`` (30.0 s): how long a stop waits for in-flight jobs.
         ``reap_interval`` (5.0 s; None: never): how often ``oq_reap()`` runs.
         ``batch_size`` (None: every free slot): the most jobs one ``oq_lease``
-        call asks for; never more than the free slots.
+        call asks for; never more than the free capacity.
+        ``prefetch`` (0: lease only for idle slots): how many jobs beyond
+        ``concurrency`` may be leased ahead while every slot is busy, so that
+        a slot that finishes finds its next job waiting instead of a round
+        trip. They hold leases and count as in flight: a graceful stop runs
+        them too.
+        ``durable_leases`` (False): when False, a lease commits without
+        waiting for the WAL flush (``synchronous_commit = off`` for that one
+        transaction), which saves an fsync between a job becoming due and its
+        handler starting. A database crash may forget a lease of its last
+        moments: the job is leasable again and the forgotten token's ack
+        answers false, so delivery stays at-least-once (one extra run, one
+        attempt not counted). Acks, nacks and heartbeats always wait for the
+        flush; True makes leases wait too.
         ``worker_id`` (``host:pid:random``): stored as the jobs' ``leased_by``.
         ``handle_signals`` (True): when run() is in the main thread, SIGTERM and
         SIGINT stop the worker gracefully; a second signal exits the process
@@ -85,6 +99,7 @@ class _Face:
             reap_interval=reap_interval,
             batch_size=batch_size,
             prefetch=prefetch,
+            durable_leases=durable_leases,
             worker_id=worker_id,
             handle_signals=handle_signals,
         )

@@ -62,6 +62,7 @@ class Core:
         reap_interval: float | None,
         batch_size: int | None,
         prefetch: int,
+        durable_leases: bool,
         worker_id: str | None,
         handle_signals: bool,
     ) -> None:
@@ -95,6 +96,7 @@ class Core:
         self.executor = executor
         self.concurrency = concurrency
         self.prefetch = prefetch
+        self.durable_leases = bool(durable_leases)
         self.capacity = concurrency + self.prefetch
         self.poll_interval = float(poll_interval)
         self.lease_seconds = lease_seconds

@@ -203,7 +203,8 @@ class Fetcher:
         notified = self._notified[queue]
         sent_at = time.monotonic()
         try:
-            leased = await core.conns.run(_sql.lease_timed(queue, core.worker_id, core.lease_seconds, want))
+            call = _sql.lease_timed(queue, core.worker_id, core.lease_seconds, want, core.durable_leases)
+            leased = await core.conns.run(call)
         except Exception as exc:
             self._failure = exc
             return

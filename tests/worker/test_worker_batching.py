@@ -9,7 +9,7 @@ import time
 import psycopg
 import pytest
 
-from openqueue_py import Client, Job
+from openqueue_py import Client, Job, _sql
 from openqueue_py.worker import _core
 
 from .conftest import Events, job_row, make_worker, running, status_counts, wait_until
@@ -154,3 +154,17 @@ def test_in_one_ack_batch_only_the_lost_lease_is_rejected(
         "select count(distinct finished_at) from openqueue.jobs where status = 'completed'"
     ).fetchone()
     assert calls == 1
+
+
+@pytest.mark.parametrize("durable", [False, True])
+def test_leases_commit_either_way(dsn: str, client: Client, conn: psycopg.Connection, durable: bool) -> None:
+    ids = client.enqueue_batch("commit_mode", [{}, {}])
+    with running(make_worker(dsn, {"commit_mode": lambda job: job.id}, durable_leases=durable)):
+        wait_until(lambda: status_counts(conn).get("completed") == 2, timeout=30, what="2 completed")
+    assert [job_row(conn, i)["result"] for i in ids] == ids
+    # The commit mode is set for the lease's own transaction only: nothing leaks into the session.
+    client.enqueue("commit_mode", {})
+    before = conn.execute("show synchronous_commit").fetchone()
+    call = _sql.lease_timed("commit_mode", "w", None, 1, durable)
+    assert len(call.decode(conn.execute(call.query, call.params).fetchall())) == 1
+    assert conn.execute("show synchronous_commit").fetchone() == before
