@@ -176,7 +176,9 @@ def _worker_path(bouncer_dsn: str, *, jobs: int) -> None:
         done = 0
         for turn in range(jobs):
             conn = (one, two)[turn % 2]
-            leased = run(conn, _sql.lease_timed("wp", "w", 30, 2))
+            leased = run(
+                conn, _sql.lease_timed("wp", "w", 30, 2, durable=turn % 2 == 0)
+            )  # the worker default: not durable
             if not leased:
                 break
             assert all(0 < left <= 30 for _, left in leased)
