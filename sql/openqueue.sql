@@ -2267,6 +2267,32 @@ begin
 end;
 $$;
 
+-- What changed for callers of the functions replaced above.
+
+comment on function openqueue.oq_enqueue(text, jsonb, integer, timestamptz, integer, text) is
+'Add one job to queue_name and return its id. priority (default 0): higher '
+'leases first. run_at (default now()): not leased before then. max_attempts '
+'(NULL: the queue''s setting, 5 unless configured). idempotency_key: if the '
+'queue already stores a job with this key, its id is returned and nothing is '
+'inserted. Sends NOTIFY openqueue, queue_name when the job is due now, or '
+'NOTIFY openqueue_scheduled, queue_name when it is due later (on commit; one '
+'per queue and transaction); for a queue set to when_waiting by '
+'oq_set_queue_notify, only while a worker waits (oq_wait). Errors 22004/22023 '
+'for a NULL or bad queue_name, NULL payload, max_attempts < 1.';
+
+comment on function openqueue.oq_enqueue_batch(text, jsonb, integer, timestamptz, integer) is
+'Add one job per element of the JSON array payloads to queue_name; returns '
+'the ids in array order. Other arguments as for oq_enqueue. One NOTIFY per '
+'call (for a when_waiting queue, only while a worker waits); an empty array '
+'writes nothing. Errors 22004/22023 for a bad queue_name, payloads NULL or '
+'not an array, max_attempts < 1.';
+
+comment on function openqueue.oq_reap() is
+'Reclaim every processing job whose lease has expired: it becomes pending '
+'again (error ''lease expired'' recorded), or dead if its attempts are used '
+'up. Returns how many jobs were reclaimed; notifies the refilled queues. '
+'Also drops expired oq_wait registrations. Safe to run concurrently and often.';
+
 -- ---------------------------------------------------------------------------
 -- oq_stats reads the counters for the finished states; the live states are
 -- counted from live_jobs, which holds only waiting and running jobs.

@@ -61,7 +61,9 @@ def test_heartbeats_are_hot_updates(conn, dsn):
     deadline = time.monotonic() + 10
     before = _hot_updates(dsn)
     beats = 0
-    for _ in range(20):
+    # 30 new row versions fit on the jobs' page even if pruning cannot run (an
+    # old snapshot elsewhere): HOT then depends only on which columns change.
+    for _ in range(10):
         for h in held:
             assert heartbeat(conn, h["id"], h["lease_token"], lease_seconds=60) is not None
             beats += 1
