@@ -7,7 +7,14 @@ and the ``openqueue`` command line.
 
 from .client import Client
 from .client_async import AsyncClient
-from .errors import InvalidArgument, NotInstalled, OpenQueueError, SchemaTooNew, WorkerError
+from .errors import (
+    ConnectionFailed,
+    InvalidArgument,
+    NotInstalled,
+    OpenQueueError,
+    SchemaTooNew,
+    WorkerError,
+)
 from .migrate import install
 from .models import HealthCheck, Job, JobRecord, JobState, Leased, QueueStats
 from .worker import AsyncWorker, Fail, Retry, Worker
@@ -16,6 +23,7 @@ __all__ = [
     "AsyncClient",
     "AsyncWorker",
     "Client",
+    "ConnectionFailed",
     "Fail",
     "HealthCheck",
     "InvalidArgument",

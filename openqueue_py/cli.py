@@ -1,6 +1,8 @@
 """The ``openqueue`` command line (click).
 
-Every command takes ``--dsn`` or reads ``OPENQUEUE_DSN``.
+Every command takes ``--dsn`` or reads ``OPENQUEUE_DSN``. An error is one
+line on stderr (``openqueue --verbose ...`` adds its full detail) and an exit
+status that says what kind of error it was: see :data:`EXIT_CODES`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
@@ -19,9 +22,23 @@ from typing import Any, NoReturn
 import click
 import psycopg
 
+from . import _connect
 from .client import Client
-from .errors import OpenQueueError
+from .errors import NOT_INSTALLED_MESSAGE, ConnectionFailed, NotInstalled, OpenQueueError
 from .migrate import install, installed_version
+
+EXIT_FAILED = 1  # the command ran and failed: refused by the database, job not in that state ...
+EXIT_USAGE = 2  # bad options or arguments (click's own)
+EXIT_CANNOT_CONNECT = 3  # wrong host, port, role, password or database
+EXIT_NOT_INSTALLED = 4  # the database has no openqueue schema: run `openqueue install`
+
+EXIT_CODES = {
+    0: "success",
+    EXIT_FAILED: "the command failed (the database refused it, or the job is not in that state)",
+    EXIT_USAGE: "bad options or arguments",
+    EXIT_CANNOT_CONNECT: "cannot connect (wrong host, port, role, password or database)",
+    EXIT_NOT_INSTALLED: "openqueue is not installed in that database (run `openqueue install`)",
+}
 
 dsn_option = click.option(
     "--dsn",
@@ -31,23 +48,70 @@ dsn_option = click.option(
 )
 
 
-def _fail(message: str) -> NoReturn:
+def _fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     click.echo(f"openqueue: {message}", err=True)
-    sys.exit(1)
+    sys.exit(code)
+
+
+def _verbose() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx is not None and ctx.find_root().params.get("verbose"))
+
+
+def _summary(exc: BaseException) -> str:
+    """One line: a database error's primary message, else the first line of the exception."""
+    if isinstance(exc, psycopg.Error) and not isinstance(exc, OpenQueueError) and exc.diag.message_primary:
+        return _connect.one_line(exc.diag.message_primary)
+    text = str(exc).strip()
+    return _connect.one_line(text.splitlines()[0]) if text else type(exc).__name__
+
+
+def _detail(exc: BaseException) -> Iterator[str]:
+    """Everything known about an error and its causes, for --verbose."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        yield f"{type(seen).__module__}.{type(seen).__qualname__}: {str(seen).strip()}"
+        if isinstance(seen, psycopg.Error) and seen.sqlstate:
+            diag = seen.diag
+            yield f"  SQLSTATE: {seen.sqlstate}"
+            for label, value in (("DETAIL", diag.message_detail), ("HINT", diag.message_hint)):
+                if value:
+                    yield f"  {label}: {value}"
+            if diag.context:
+                yield "  CONTEXT: " + diag.context.strip().replace("\n", "\n           ")
+        seen = seen.__cause__
+    yield "".join(traceback.format_exception(exc)).rstrip()
 
 
 @contextmanager
 def _reported() -> Iterator[None]:
-    """Turn a database or OpenQueue error into a one-line message and exit status 1."""
+    """Turn a database or OpenQueue error into one line on stderr and its exit status."""
     try:
         yield
+    except ConnectionFailed as exc:
+        _report(exc, EXIT_CANNOT_CONNECT)
+    except NotInstalled as exc:
+        _report(exc, EXIT_NOT_INSTALLED)
     except (psycopg.Error, OpenQueueError) as exc:
-        _fail(str(exc))
+        _report(exc, EXIT_FAILED)
 
 
-@click.group()
+def _report(exc: BaseException, code: int) -> NoReturn:
+    if _verbose():
+        click.echo(f"openqueue: {_summary(exc)}", err=True)
+        for line in _detail(exc):
+            click.echo(line, err=True)
+        sys.exit(code)
+    _fail(_summary(exc), code)
+
+
+_EPILOG = "\b\nExit status:\n" + "\n".join(f"  {code}  {meaning}" for code, meaning in EXIT_CODES.items())
+
+
+@click.group(epilog=_EPILOG)
+@click.option("--verbose", "-v", is_flag=True, help="On an error, print its full detail and traceback.")
 @click.version_option(package_name="openqueue")
-def main() -> None:
+def main(verbose: bool) -> None:
     """OpenQueue: a PostgreSQL-native job queue."""
 
 
@@ -55,7 +119,7 @@ def main() -> None:
 @dsn_option
 def install_command(dsn: str) -> None:
     """Install or upgrade the openqueue schema (same as psql -f sql/openqueue.sql)."""
-    with _reported(), psycopg.connect(dsn, autocommit=True) as conn:
+    with _reported(), _connect.connect(dsn, autocommit=True) as conn:
         before = installed_version(conn)
         install(conn)
         after = installed_version(conn)
@@ -174,6 +238,13 @@ def replay_command(dsn: str, job_id: int) -> None:
 
 
 # -- worker ------------------------------------------------------------------
+
+
+def _preflight(dsn: str) -> None:
+    """Fail at once, in one line, on a DSN that cannot work (the worker itself retries)."""
+    with _connect.connect(dsn, autocommit=True) as conn:
+        if installed_version(conn) == 0:
+            raise NotInstalled(NOT_INSTALLED_MESSAGE)
 
 
 def _import_object(spec: str, option: str) -> Any:
@@ -327,6 +398,7 @@ def worker_command(
         "worker_id": worker_id,
     }
     with _reported():
+        _preflight(dsn)
         if kinds == {True}:
             async_worker = AsyncWorker(dsn, handlers, **options)
             asyncio.run(async_worker.run())

@@ -10,10 +10,10 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
-from . import _sql
-from .errors import OpenQueueError
+from . import _connect, _sql
+from .errors import ConnectionFailed, OpenQueueError
 from .migrate import install
 from .models import HealthCheck, JobRecord, Leased, QueueStats
 
@@ -39,21 +39,23 @@ class Client:
         *,
         min_size: int = 1,
         max_size: int = 10,
+        prepare_threshold: int | None = _connect.DEFAULT_PREPARE_THRESHOLD,
     ) -> None:
         self._lock = threading.Lock()
         self._conn: psycopg.Connection | None = None
         self._pool: ConnectionPool | None = None
+        self._dsn: str | None = None
         self._owns_pool = False
         self._closed = False
         if isinstance(source, str):
-            self._pool = ConnectionPool(
-                source,
-                min_size=min_size,
-                max_size=max_size,
-                kwargs={"autocommit": True},
-                open=False,
-                name="openqueue",
-            )
+            # Opened on first use; see _open_pool.
+            self._dsn = source
+            self._sizes = (min_size, max_size)
+            self._kwargs = {
+                "autocommit": True,
+                "prepare_threshold": prepare_threshold,
+                **_connect.connect_kwargs(source),
+            }
             self._owns_pool = True
         elif isinstance(source, ConnectionPool):
             self._pool = source
@@ -64,6 +66,36 @@ class Client:
 
     # -- connection handling ------------------------------------------------
 
+    def _open_pool(self) -> ConnectionPool:
+        """The pool for a DSN, opened only once a first connection proved the DSN good.
+
+        A wrong host, port, role, password or database raises ConnectionFailed
+        with the server's reason at once, instead of a PoolTimeout 30 s later.
+        Connections are checked when they are handed out, so those a server
+        restart broke are replaced instead of failing the next calls.
+        """
+        assert self._dsn is not None
+        _connect.connect(self._dsn, **self._kwargs).close()
+        min_size, max_size = self._sizes
+        pool = ConnectionPool(
+            self._dsn,
+            min_size=min_size,
+            max_size=max_size,
+            kwargs=self._kwargs,
+            check=ConnectionPool.check_connection,
+            open=False,
+            name="openqueue",
+        )
+        try:
+            pool.open(wait=True, timeout=_connect.POOL_OPEN_TIMEOUT)
+        except PoolTimeout as exc:
+            pool.close()
+            raise ConnectionFailed(
+                f"cannot connect to PostgreSQL: {min_size} pool connections not open "
+                f"within {_connect.POOL_OPEN_TIMEOUT} s"
+            ) from exc
+        return pool
+
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection]:
         """Borrow a connection (from the pool, or the single one)."""
@@ -71,20 +103,29 @@ class Client:
             with self._lock:
                 yield self._conn
             return
-        assert self._pool is not None
         if self._closed:
             raise OpenQueueError("this client is closed; create a new one")
-        if self._owns_pool and self._pool.closed:
+        if self._pool is None:
             with self._lock:
-                if self._pool.closed:
-                    self._pool.open(wait=False)
-        with self._pool.connection() as conn:
-            yield conn
+                if self._pool is None:
+                    self._pool = self._open_pool()
+        try:
+            conn = self._pool.getconn()
+        except PoolTimeout:
+            if self._dsn is not None:  # all busy, or the server gone? Ask it once, to say which.
+                _connect.connect(self._dsn, **self._kwargs).close()
+            raise
+        try:
+            with conn:  # what ConnectionPool.connection() does: end a transaction left open
+                yield conn
+        finally:
+            self._pool.putconn(conn)
 
     def _run(self, call: _sql.Call[T], conn: psycopg.Connection | None) -> T:
         if conn is not None:
-            return call.decode(conn.execute(call.query, call.params).fetchall())
-        with self.connection() as own:
+            with _connect.schema_errors():
+                return call.decode(conn.execute(call.query, call.params).fetchall())
+        with self.connection() as own, _connect.schema_errors():
             return call.decode(own.execute(call.query, call.params).fetchall())
 
     def close(self) -> None:

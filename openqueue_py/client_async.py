@@ -10,10 +10,10 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from . import _sql
-from .errors import OpenQueueError
+from . import _connect, _sql
+from .errors import ConnectionFailed, OpenQueueError
 from .migrate import install_async
 from .models import HealthCheck, JobRecord, Leased, QueueStats
 
@@ -35,21 +35,23 @@ class AsyncClient:
         *,
         min_size: int = 1,
         max_size: int = 10,
+        prepare_threshold: int | None = _connect.DEFAULT_PREPARE_THRESHOLD,
     ) -> None:
         self._lock = asyncio.Lock()
         self._conn: psycopg.AsyncConnection | None = None
         self._pool: AsyncConnectionPool | None = None
+        self._dsn: str | None = None
         self._owns_pool = False
         self._closed = False
         if isinstance(source, str):
-            self._pool = AsyncConnectionPool(
-                source,
-                min_size=min_size,
-                max_size=max_size,
-                kwargs={"autocommit": True},
-                open=False,
-                name="openqueue",
-            )
+            # Opened on first use; see _open_pool.
+            self._dsn = source
+            self._sizes = (min_size, max_size)
+            self._kwargs = {
+                "autocommit": True,
+                "prepare_threshold": prepare_threshold,
+                **_connect.connect_kwargs(source),
+            }
             self._owns_pool = True
         elif isinstance(source, AsyncConnectionPool):
             self._pool = source
@@ -62,6 +64,30 @@ class AsyncClient:
 
     # -- connection handling ------------------------------------------------
 
+    async def _open_pool(self) -> AsyncConnectionPool:
+        """The pool for a DSN, opened once a first connection proved the DSN good (see Client)."""
+        assert self._dsn is not None
+        await (await _connect.connect_async(self._dsn, **self._kwargs)).close()
+        min_size, max_size = self._sizes
+        pool = AsyncConnectionPool(
+            self._dsn,
+            min_size=min_size,
+            max_size=max_size,
+            kwargs=self._kwargs,
+            check=AsyncConnectionPool.check_connection,
+            open=False,
+            name="openqueue",
+        )
+        try:
+            await pool.open(wait=True, timeout=_connect.POOL_OPEN_TIMEOUT)
+        except PoolTimeout as exc:
+            await pool.close()
+            raise ConnectionFailed(
+                f"cannot connect to PostgreSQL: {min_size} pool connections not open "
+                f"within {_connect.POOL_OPEN_TIMEOUT} s"
+            ) from exc
+        return pool
+
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
         """Borrow a connection (from the pool, or the single one)."""
@@ -69,23 +95,33 @@ class AsyncClient:
             async with self._lock:
                 yield self._conn
             return
-        assert self._pool is not None
         if self._closed:
             raise OpenQueueError("this client is closed; create a new one")
-        if self._owns_pool and self._pool.closed:
+        if self._pool is None:
             async with self._lock:
-                if self._pool.closed:
-                    await self._pool.open(wait=False)
-        async with self._pool.connection() as conn:
-            yield conn
+                if self._pool is None:
+                    self._pool = await self._open_pool()
+        try:
+            conn = await self._pool.getconn()
+        except PoolTimeout:
+            if self._dsn is not None:  # all busy, or the server gone? Ask it once, to say which.
+                await (await _connect.connect_async(self._dsn, **self._kwargs)).close()
+            raise
+        try:
+            async with conn:  # what AsyncConnectionPool.connection() does: end a transaction left open
+                yield conn
+        finally:
+            await self._pool.putconn(conn)
 
     async def _run(self, call: _sql.Call[T], conn: psycopg.AsyncConnection | None) -> T:
         if conn is not None:
-            cursor = await conn.execute(call.query, call.params)
-            return call.decode(await cursor.fetchall())
+            with _connect.schema_errors():
+                cursor = await conn.execute(call.query, call.params)
+                return call.decode(await cursor.fetchall())
         async with self.connection() as own:
-            cursor = await own.execute(call.query, call.params)
-            return call.decode(await cursor.fetchall())
+            with _connect.schema_errors():
+                cursor = await own.execute(call.query, call.params)
+                return call.decode(await cursor.fetchall())
 
     async def close(self) -> None:
         """Close the pool this client opened (not one it was given); final."""

@@ -15,6 +15,8 @@ OQ001   the database holds a newer schema version than this installer
 
 from __future__ import annotations
 
+import psycopg
+
 
 class OpenQueueError(Exception):
     """Base class of every error OpenQueue raises itself."""
@@ -30,6 +32,18 @@ class SchemaTooNew(OpenQueueError):
 
 class NotInstalled(OpenQueueError):
     """The database has no OpenQueue schema: run ``openqueue install``."""
+
+
+NOT_INSTALLED_MESSAGE = "openqueue is not installed in this database: run `openqueue install`"
+
+
+class ConnectionFailed(OpenQueueError, psycopg.OperationalError):
+    """No connection could be opened: wrong host, port, role, password or database.
+
+    The message is the server's (or the network's) reason on one line; the
+    original ``psycopg.OperationalError`` is the ``__cause__``. Also a
+    ``psycopg.OperationalError``, so code that retries on those still does.
+    """
 
 
 class WorkerError(OpenQueueError):

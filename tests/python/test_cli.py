@@ -179,9 +179,9 @@ def test_reap_and_purge(runner, dsn, client, conn):
 
 
 def test_not_installed_database_fails_cleanly(runner, empty_dsn):
-    # OpenQueue not installed: a clean message, exit 1, no traceback.
+    # OpenQueue not installed: a clean message, exit 4 (EXIT_NOT_INSTALLED), no traceback.
     result = runner.invoke(main, ["stats", "--dsn", empty_dsn, "--json"])
-    assert result.exit_code == 1
+    assert result.exit_code == 4
     assert result.stderr.startswith("openqueue: ")
 
 
