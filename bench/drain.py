@@ -56,15 +56,21 @@ def analyze(conn: psycopg.Connection, schema: str, vacuum: bool = True) -> None:
 
 def _oq_worker_main(dsn: str, queue: str, kind: str, slots: int, batch: int | None, counter) -> None:
     """multiprocessing target: one Worker/AsyncWorker; its no-op handler counts in shared memory."""
+    import threading
+
     from openqueue_py import AsyncWorker, Worker
 
+    # ``counter`` belongs to this process alone (no cross-process lock on the
+    # hot path): the slot threads of a Worker share a local lock; an
+    # AsyncWorker's handlers all run on one thread and need none.
+    local = threading.Lock()
+
     def handle(job: object) -> None:
-        with counter.get_lock():
+        with local:
             counter.value += 1
 
     async def handle_async(job: object) -> None:
-        with counter.get_lock():
-            counter.value += 1
+        counter.value += 1
 
     options = {"concurrency": slots, "batch_size": batch}
     if kind == "sync":
@@ -73,11 +79,22 @@ def _oq_worker_main(dsn: str, queue: str, kind: str, slots: int, batch: int | No
         asyncio.run(AsyncWorker(dsn, {queue: handle_async}, **options).run())
 
 
+class Counters:
+    """One shared, lock-free counter per worker process; ``value`` is their sum."""
+
+    def __init__(self, processes: int) -> None:
+        self.parts = [CTX.Value("q", 0, lock=False) for _ in range(processes)]
+
+    @property
+    def value(self) -> int:
+        return sum(part.value for part in self.parts)
+
+
 def start_workers(dsn: str, queue: str, kind: str, processes: int, slots: int, batch: int | None):
-    counter = CTX.Value("q", 0)
+    counter = Counters(processes)
     procs = [
-        CTX.Process(target=_oq_worker_main, args=(dsn, queue, kind, slots, batch, counter), daemon=True)
-        for _ in range(processes)
+        CTX.Process(target=_oq_worker_main, args=(dsn, queue, kind, slots, batch, part), daemon=True)
+        for part in counter.parts
     ]
     for proc in procs:
         proc.start()
