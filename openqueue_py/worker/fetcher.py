@@ -17,6 +17,13 @@
   earliest future ``run_at`` of its queues, whichever is sooner; that delay is
   computed by the database (``oq_next_run_at(...) - now()``), never from the
   local clock.
+* Before it sleeps with free slots it registers as waiting (``oq_wait``) for
+  its queues, at most every ``WAIT_SECONDS / 2``, and then leases once more
+  before sleeping: queues in ``when_waiting`` notify mode only notify while
+  someone is registered, and that order (register, lease, sleep) is what
+  makes the protocol lose no wake-up. On a database that refuses ``oq_wait``
+  (an older schema, a role without it) the worker carries on without it;
+  such queues then wake it by polling only.
 """
 
 from __future__ import annotations
@@ -43,6 +50,9 @@ _SCHEDULE_SLACK = 0.01
 
 MAX_LEASE_CALLS = 8
 
+# How long one oq_wait registration lasts; it is renewed after half of it.
+WAIT_SECONDS = 60
+
 
 def max_lease_calls(capacity: int, batch_size: int) -> int:
     return max(1, min(MAX_LEASE_CALLS, math.ceil(capacity / batch_size)))
@@ -68,6 +78,7 @@ class Fetcher:
         self._reserved = 0  # jobs asked for by the calls in flight
         self._failure: BaseException | None = None
         self._succeeded = False
+        self._wait_renew_at = 0.0  # monotonic; math.inf once oq_wait was refused
 
     @property
     def max_calls(self) -> int:
@@ -164,6 +175,10 @@ class Fetcher:
                 self._launch(queue, want)
                 want = self._should_lease()
 
+            if want > 0 and not self._calls and not self._ready and time.monotonic() >= self._wait_renew_at:
+                await self._register_wait()
+                continue  # lease once more before sleeping: the queues were marked ready
+
             if want > 0 and not self._calls and not self._ready and self._schedule_stale:
                 self._schedule_stale = False
                 await self._check_schedule()
@@ -223,6 +238,26 @@ class Fetcher:
             log(logging.DEBUG, "worker.leased", worker_id=core.worker_id, queue=queue, count=len(leased))
             for item, lease_left in leased:
                 core.dispatch(item, lease_left, sent_at)
+
+    async def _register_wait(self) -> None:
+        """oq_wait for our queues, then one more lease round (see the module docstring)."""
+        core = self._core
+        try:
+            await core.conns.run(_sql.wait(self._queues, core.worker_id, WAIT_SECONDS))
+        except TRANSIENT:
+            self._wait_renew_at = time.monotonic() + 1.0  # try again soon; the lease loop reports outages
+            return
+        except psycopg.Error as exc:
+            self._wait_renew_at = math.inf
+            log(
+                logging.INFO,
+                "worker.wait_unavailable",
+                worker_id=core.worker_id,
+                error=f"{type(exc).__name__}: {exc}".strip(),
+            )
+            return
+        self._wait_renew_at = time.monotonic() + WAIT_SECONDS / 2
+        self.mark_all_ready()
 
     async def _check_schedule(self) -> None:
         """Sleep no longer than until the earliest future run_at of our queues."""
