@@ -687,3 +687,45 @@ def test_counters_of_exited_sessions_are_folded_by_reap_and_stats_stay_exact(con
     assert shards == [("cancelled", conn.info.backend_pid), ("completed", 0)]
     assert_stats_exact(conn)
     assert (stats(conn)["q"]["completed"], stats(conn)["q"]["cancelled"]) == (5, 1)
+
+
+def test_stats_stay_exact_while_sessions_come_and_go_and_reaps_fold_their_counters(conn, dsn):
+    """Acks, cancels and nacks from short-lived sessions, folded concurrently by repeated reaps."""
+    configure(conn, "q", max_attempts=1)
+    ids = enqueue_batch(conn, "q", [{"n": n} for n in range(240)])
+    held = lease(conn, "q", batch_size=240)
+    chunks = [held[i::4] for i in range(4)]
+    stop = threading.Event()
+
+    def finisher(rows: list[dict]) -> int:
+        done = 0
+        for start in range(0, len(rows), 10):
+            with psycopg.connect(dsn, autocommit=True) as s:  # a new backend (pid) every 10 jobs
+                for n, row in enumerate(rows[start : start + 10]):
+                    if n % 3 == 0:
+                        done += ack(s, row["id"], row["lease_token"])
+                    elif n % 3 == 1:
+                        done += cancel(s, row["id"])
+                    else:
+                        done += nack(s, row["id"], row["lease_token"], error="x") == "dead"
+        return done
+
+    def reaper() -> int:
+        with psycopg.connect(dsn, autocommit=True) as s:
+            while not stop.is_set():
+                reap(s)
+        return 0
+
+    reapers = [helpers.Background(reaper) for _ in range(2)]
+    workers = [helpers.Background(lambda rows=rows: finisher(rows)) for rows in chunks]
+    for t in reapers + workers:
+        t.start()
+    assert sum(t.result(120) for t in workers) == len(ids)
+    stop.set()
+    for t in reapers:
+        t.result(30)
+    assert_stats_exact(conn, {"q"})
+    assert reap(conn) == 0
+    assert_stats_exact(conn, {"q"})
+    row = stats(conn)["q"]
+    assert (row["completed"], row["cancelled"], row["dead"]) == (96, 72, 72)  # 4, 3 and 3 of every 10
