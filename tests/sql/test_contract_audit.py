@@ -422,7 +422,12 @@ def test_idempotency_key_is_free_again_once_its_job_is_purged_and_reusable(conn,
 
 
 def test_enqueue_never_returns_null_when_a_concurrent_purge_frees_the_key(dsn):
-    """A purge committing between the key's insert attempt and its lookup: a new job, never NULL."""
+    """Keys freed by a concurrent purge while enqueues reuse them: an id every time, never NULL.
+
+    A smoke test: the narrow window (a purge committing between oq_enqueue's insert attempt
+    and its lookup) cannot be forced from outside the function, and 900 rounds of this did
+    not hit it against version 2's oq_enqueue. The retry loop of version 3 closes it.
+    """
     rounds = 60
     results: list[int | None] = []
     with psycopg.connect(dsn, autocommit=True) as setup:
