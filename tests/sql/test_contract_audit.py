@@ -734,3 +734,24 @@ def test_stats_stay_exact_while_sessions_come_and_go_and_reaps_fold_their_counte
     assert_stats_exact(conn, {"q"})
     row = stats(conn)["q"]
     assert (row["completed"], row["cancelled"], row["dead"]) == (96, 72, 72)  # 4, 3 and 3 of every 10
+
+
+# --- section 3: oq_purge's "finished before now() - older_than" ---------------------------------
+
+
+@pytest.mark.parametrize("function", ["oq_purge", "oq_purge_batch"])
+def test_purge_deletes_only_jobs_finished_strictly_before_now_minus_older_than(conn, function):
+    ids = {state: make_job(conn, state)[0] for state in ("completed", "cancelled", "dead")}
+    extra = make_job(conn, "completed", "other")[0]
+    with conn.transaction():
+        conn.execute("update openqueue.jobs set finished_at = now() - interval '1 hour'")
+        conn.execute(
+            "update openqueue.jobs set finished_at = now() - interval '1 hour 1 microsecond' where id = %s",
+            [extra],
+        )
+        # finished exactly at now() - older_than: not before it, kept
+        assert scalar(conn, function, older_than=timedelta(hours=1), include_dead=True) == 1
+        assert scalar(conn, function, older_than=timedelta(minutes=59), include_dead=False) == 2
+    left = conn.execute("select id, status from openqueue.jobs order by id").fetchall()
+    assert left == [(ids["dead"], "dead")]
+    assert_stats_exact(conn)
