@@ -16,7 +16,8 @@
    counted in shared memory) and the backlog (enqueued - handled).
 
 Pass: every size sampled after the baseline minute (5, or a third of a
-shorter run) is at most 1.2x the size then, and the drain rate over the last
+shorter run) is at most 1.2x the largest size sampled until then (retention
+and autovacuum both run about once a minute, so sizes saw-tooth), and the drain rate over the last
 fifth of the run is at least 0.9x the rate between minute 1 and the baseline.
 The yardstick column holds the baseline values.
 """
@@ -147,15 +148,20 @@ def main() -> None:
         tail = samples[-max(1, len(samples) // 5) :]
         base_rate = statistics.fmean(s.rate for s in early)
         tail_rate = statistics.fmean(s.rate for s in tail)
-        biggest = max((s.size for s in later), default=base.size)
+        # Retention purges once a minute and autovacuum visits once a minute,
+        # so the size saw-tooths within every minute; the size "after the
+        # first 5 minutes" is the largest reached by then, not whichever
+        # phase of the tooth the sample at minute 5 happened to catch.
+        base_size = max(s.size for s in samples if s.minute <= base.minute + 1e-6)
+        biggest = max((s.size for s in later), default=base_size)
         rows = [
             Row(
-                f"7. table+index size, {args.minutes:g} min soak (max after minute {base.minute:.1f} / then)",
+                f"7. table+index size, {args.minutes:g} min soak (max after min {base.minute:.0f} / before)",
                 f"{biggest / 2**20:.1f} MB",
-                f"{base.size / 2**20:.1f} MB",
-                f"{biggest / base.size:.2f}x",
+                f"{base_size / 2**20:.1f} MB",
+                f"{biggest / base_size:.2f}x",
                 "<= 1.20x",
-                biggest <= 1.2 * base.size,
+                biggest <= 1.2 * base_size,
             ),
             Row(
                 f"7. drain rate, last fifth vs minutes 1-{base.minute:.0f} ({rate:,.0f} jobs/s produced)",
@@ -174,7 +180,8 @@ def main() -> None:
             "`make bench-soak` (30 minutes; `python -m bench.soak --minutes N`): 2 producers at half the "
             "Worker's max drain rate, 2 x 8 Worker, retention every minute (keep 2 minutes); sizes = sum of "
             "pg_total_relation_size over openqueue's tables, sampled every 30 s. The yardstick column is "
-            "the run's own baseline (minute 5)."
+            "the run's own baseline: the largest size sampled in the first 5 minutes, the mean drain rate of "
+            "minutes 1-5."
         )
         report("7. Churn soak", description, rows, dsn)
 

@@ -2686,6 +2686,26 @@ comment on function openqueue.oq_health() is
 'seconds since the oldest due job''s run_at, observed_at that run_at.';
 
 revoke all on function openqueue.oq_health() from public;
+
+-- ---------------------------------------------------------------------------
+-- Vacuum for churn. Every job leaves dead row versions in live_jobs (lease,
+-- ack) and, once purged, in finished_jobs. Autovacuum already visits
+-- live_jobs after 1 % of its rows changed (version 1), but its default cost
+-- delay throttles each run, so at a few thousand jobs a second a run could
+-- take longer than the churn it was cleaning up and the heap and the lease
+-- index kept growing (bench.soak showed it). Unthrottled, a run over these
+-- tables takes milliseconds to a few seconds and the freed space is reused,
+-- so their size levels off at about one autovacuum interval's worth of churn.
+-- finished_jobs is visited after 5 % of its rows were purged (default 20 %),
+-- so that retention reuses space instead of extending the table.
+-- ---------------------------------------------------------------------------
+
+alter table openqueue.live_jobs set (autovacuum_vacuum_cost_delay = 0);
+
+alter table openqueue.finished_jobs set (
+    autovacuum_vacuum_cost_delay = 0,
+    autovacuum_vacuum_scale_factor = 0.05
+);
 $oq_0002$;
         insert into openqueue.schema_migrations (version, name)
         values (2, '0002_churn_and_batching');
