@@ -257,12 +257,17 @@ begin
     left join openqueue.queues as q on q.queue_name = oq_enqueue_batch.queue_name
     left join openqueue.queue_limits as ql on ql.queue_name = oq_enqueue_batch.queue_name;
 
-    select e.ordinality - 1, octet_length(e.value::text) into v_index, v_size
-    from jsonb_array_elements(oq_enqueue_batch.payloads) with ordinality as e
-    where octet_length(e.value::text) > v_max_payload
-    order by e.ordinality
-    limit 1;
-    if found then
+    -- No element is longer than the whole array: one serialisation settles
+    -- the usual batch; only a batch longer than the limit is looked into
+    -- element by element (to name the first one too large).
+    if octet_length(oq_enqueue_batch.payloads::text) > v_max_payload then
+        select e.ordinality - 1, octet_length(e.value::text) into v_index, v_size
+        from jsonb_array_elements(oq_enqueue_batch.payloads) with ordinality as e
+        where octet_length(e.value::text) > v_max_payload
+        order by e.ordinality
+        limit 1;
+    end if;
+    if v_index is not null then
         perform openqueue._raise_invalid(
             'payloads',
             format(
