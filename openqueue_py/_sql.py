@@ -86,10 +86,38 @@ def _json(value: Any, name: str) -> Jsonb | None:
     if value is None:
         return None
     try:
-        json.dumps(value)
+        # NaN and Infinity are not JSON (PostgreSQL refuses them); nesting
+        # deeper than Python's recursion limit cannot be serialised at all.
+        json.dumps(value, allow_nan=False)
+    except RecursionError as exc:
+        raise InvalidArgument(f"{name} is nested too deeply to serialise as JSON") from exc
     except (TypeError, ValueError) as exc:
         raise InvalidArgument(f"{name} is not JSON-serialisable: {exc}") from exc
     return Jsonb(value)
+
+
+def _text(value: Any, name: str) -> str | None:
+    """A str PostgreSQL can hold: text cannot contain NUL, which psycopg refuses with no SQLSTATE."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{name} must be a str, got {type(value).__name__}")
+    if "\x00" in value:
+        raise InvalidArgument(f"{name} must not contain NUL characters")
+    return value
+
+
+def _texts(value: Any, name: str) -> list[str | None] | None:
+    """A list of str (None elements are the database's to judge)."""
+    items = _list(value, name)
+    return None if items is None else [_text(item, f"{name}[]") for item in items]
+
+
+def _flag(value: Any, name: str) -> bool | None:
+    """A bool: anything else (``"false"`` is truthy) would be read silently the wrong way."""
+    if value is None or isinstance(value, bool):
+        return value
+    raise InvalidArgument(f"{name} must be a bool, got {type(value).__name__}")
 
 
 def _interval(value: Any, name: str) -> timedelta | None:
@@ -197,12 +225,12 @@ def enqueue(
     idempotency_key: str | None,
 ) -> Call[int]:
     args = {
-        "queue_name": queue_name,
+        "queue_name": _text(queue_name, "queue_name"),
         "payload": _json(payload, "payload"),
         "priority": _integer(priority, "priority"),
         "run_at": _timestamp(run_at, "run_at"),
         "max_attempts": _integer(max_attempts, "max_attempts"),
-        "idempotency_key": idempotency_key,
+        "idempotency_key": _text(idempotency_key, "idempotency_key"),
     }
     return _call("oq_enqueue", _required(args, "queue_name", "payload"), _scalar)
 
@@ -217,7 +245,7 @@ def enqueue_batch(
     if isinstance(payloads, str | bytes | dict) or not isinstance(payloads, Sequence):
         raise InvalidArgument(f"payloads must be a list, got {type(payloads).__name__}")
     args = {
-        "queue_name": queue_name,
+        "queue_name": _text(queue_name, "queue_name"),
         "payloads": _json(list(payloads), "payloads"),
         "priority": _integer(priority, "priority"),
         "run_at": _timestamp(run_at, "run_at"),
@@ -228,8 +256,8 @@ def enqueue_batch(
 
 def lease(queue_name: str, worker_id: str, lease_seconds: int | None, batch_size: int) -> Call[list[Leased]]:
     args = {
-        "queue_name": queue_name,
-        "worker_id": worker_id,
+        "queue_name": _text(queue_name, "queue_name"),
+        "worker_id": _text(worker_id, "worker_id"),
         "lease_seconds": _integer(lease_seconds, "lease_seconds"),
         "batch_size": _integer(batch_size, "batch_size"),
     }
@@ -281,9 +309,9 @@ def nack(
     args = {
         "job_id": _integer(job_id, "job_id"),
         "lease_token": _token(lease_token),
-        "error": error,
+        "error": _text(error, "error"),
         "retry_in": _interval(retry_in, "retry_in"),
-        "retry": bool(retry),
+        "retry": _flag(retry, "retry"),
     }
     return _call("oq_nack", _required(args, "job_id", "lease_token"), _scalar)
 
@@ -308,7 +336,7 @@ def configure_queue(
     backoff_max: timedelta | None,
 ) -> Call[None]:
     args = {
-        "queue_name": queue_name,
+        "queue_name": _text(queue_name, "queue_name"),
         "max_attempts": _integer(max_attempts, "max_attempts"),
         "lease_seconds": _integer(lease_seconds, "lease_seconds"),
         "backoff_base": _interval(backoff_base, "backoff_base"),
@@ -322,30 +350,31 @@ def stats() -> Call[list[QueueStats]]:
 
 
 def purge(older_than: timedelta, include_dead: bool) -> Call[int]:
-    args = {"older_than": _interval(older_than, "older_than"), "include_dead": bool(include_dead)}
+    args = {
+        "older_than": _interval(older_than, "older_than"),
+        "include_dead": _flag(include_dead, "include_dead"),
+    }
     return _call("oq_purge", _required(args, "older_than"), _scalar)
 
 
 def purge_batch(older_than: timedelta, include_dead: bool, max_rows: int | None) -> Call[int]:
     args = {
         "older_than": _interval(older_than, "older_than"),
-        "include_dead": bool(include_dead),
+        "include_dead": _flag(include_dead, "include_dead"),
         "max_rows": _integer(max_rows, "max_rows"),
     }
     return _call("oq_purge_batch", _required(args, "older_than"), _scalar)
 
 
 def set_queue_notify(queue_name: str, mode: str) -> Call[None]:
-    args = {"queue_name": queue_name, "mode": mode}
+    args = {"queue_name": _text(queue_name, "queue_name"), "mode": _text(mode, "mode")}
     return _call("oq_set_queue_notify", _required(args, "queue_name", "mode"), lambda rows: None)
 
 
 def wait(queue_names: Sequence[str], worker_id: str, seconds: int | None) -> Call[None]:
-    if isinstance(queue_names, str) or not isinstance(queue_names, Sequence):
-        raise InvalidArgument(f"queue_names must be a list, got {type(queue_names).__name__}")
     args = {
-        "queue_names": list(queue_names),
-        "worker_id": worker_id,
+        "queue_names": _texts(queue_names, "queue_names"),
+        "worker_id": _text(worker_id, "worker_id"),
         "seconds": _integer(seconds, "seconds"),
     }
     return _call("oq_wait", _required(args, "queue_names", "worker_id"), lambda rows: None)
@@ -356,11 +385,12 @@ def health() -> Call[list[HealthCheck]]:
 
 
 def next_run_at(queue_names: Sequence[str]) -> Call[datetime | None]:
-    return _call("oq_next_run_at", {"queue_names": list(queue_names)}, _scalar)
+    args = {"queue_names": _texts(queue_names, "queue_names")}
+    return _call("oq_next_run_at", _required(args, "queue_names"), _scalar)
 
 
 def set_queue_max_payload(queue_name: str, max_bytes: int | None) -> Call[None]:
-    args = {"queue_name": queue_name, "max_bytes": _integer(max_bytes, "max_bytes")}
+    args = {"queue_name": _text(queue_name, "queue_name"), "max_bytes": _integer(max_bytes, "max_bytes")}
     return _call("oq_set_queue_max_payload", _required(args, "queue_name"), lambda rows: None)
 
 
