@@ -153,11 +153,18 @@ def _list(value: Any, name: str) -> list[Any] | None:
     return list(value)
 
 
+_BIGINT_MIN, _BIGINT_MAX = -(2**63), 2**63 - 1
+
+
 def _integer(value: Any, name: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidArgument(f"{name} must be an int, got {type(value).__name__}")
+    if not _BIGINT_MIN <= value <= _BIGINT_MAX:
+        # Every integer argument is an integer or a bigint; beyond that the value cannot
+        # be sent at all (psycopg cannot even format one of more than 4300 digits in a list).
+        raise InvalidArgument(f"{name} is out of range for a bigint (-2**63 to 2**63 - 1)")
     return value
 
 

@@ -423,6 +423,22 @@ def test_next_run_at_needs_a_list_of_queue_names(client, queue_names):
         client.next_run_at(queue_names)
 
 
+@pytest.mark.parametrize("value", [2**63, -(2**63) - 1, 10**5000], ids=["2**63", "-2**63-1", "10**5000"])
+def test_integers_beyond_bigint_are_an_invalid_argument(client, conn, value):
+    """In a list, an int of more than 4300 digits raised a bare ValueError from psycopg's dumper."""
+    before = fingerprint(conn)
+    with pytest.raises(InvalidArgument, match="job_ids\\[\\] is out of range for a bigint"):
+        client.ack_many([1, value], [uuid.UUID(int=1), uuid.UUID(int=2)])
+    with pytest.raises(InvalidArgument, match="priority is out of range for a bigint"):
+        client.enqueue("q", {}, priority=value)
+    assert fingerprint(conn) == before
+
+
+def test_integers_within_bigint_are_the_databases_to_judge(client):
+    with pytest.raises(psycopg.errors.NumericValueOutOfRange):
+        client.enqueue("q", {}, priority=2**31)
+
+
 @pytest.mark.parametrize("value", ["false", 0, 1, math.nan, [], "no"])
 def test_flags_must_be_bool(client, conn, value):
     """bool("false") is True: retry="false" retried a job, include_dead="no" purged dead ones."""
