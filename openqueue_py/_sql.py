@@ -139,10 +139,12 @@ def _timestamp(value: Any, name: str) -> datetime | None:
 def _token(value: Any) -> UUID | None:
     if value is None or isinstance(value, UUID):
         return value
+    if not isinstance(value, str):
+        raise InvalidArgument(f"lease_token must be a UUID or a str, got {type(value).__name__}")
     try:
-        return UUID(str(value))
+        return UUID(value)
     except ValueError as exc:
-        raise InvalidArgument(f"lease_token is not a UUID: {value!r}") from exc
+        raise InvalidArgument(f"lease_token is not a UUID: {value[:60]!r}") from exc
 
 
 def _list(value: Any, name: str) -> list[Any] | None:

@@ -434,6 +434,18 @@ def test_integers_beyond_bigint_are_an_invalid_argument(client, conn, value):
     assert fingerprint(conn) == before
 
 
+@pytest.mark.parametrize(
+    "token", [10**5000, b"x" * 16, 5, "x" * MEGABYTE], ids=["10**5000", "bytes", "5", "1MB"]
+)
+def test_a_lease_token_that_is_not_a_uuid_or_str_is_an_invalid_argument(client, token):
+    """str() of a 5000-digit int raises ValueError, and so did the repr in the error message."""
+    with pytest.raises(InvalidArgument, match="lease_token") as raised:
+        client.heartbeat(1, token)
+    assert len(str(raised.value)) < 200
+    with pytest.raises(InvalidArgument, match="lease_token"):
+        client.ack_many([1], [token])
+
+
 def test_integers_within_bigint_are_the_databases_to_judge(client):
     with pytest.raises(psycopg.errors.NumericValueOutOfRange):
         client.enqueue("q", {}, priority=2**31)
