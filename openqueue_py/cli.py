@@ -341,6 +341,24 @@ def _worker_handlers(queue_specs: tuple[str, ...], app: str | None) -> dict[str,
 )
 @click.option("--worker-id", default=None, help="Recorded as leased_by (default host:pid:random).")
 @click.option(
+    "--listen-dsn",
+    envvar="OPENQUEUE_LISTEN_DSN",
+    default=None,
+    help="Where LISTEN connects (default: --dsn); PostgreSQL itself when --dsn is a transaction pooler.",
+)
+@click.option(
+    "--prepare-threshold",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="Runs of a statement before psycopg prepares it on the server.",
+)
+@click.option(
+    "--no-prepare",
+    is_flag=True,
+    help="Never prepare statements (PgBouncer before 1.21 in transaction pooling mode).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     default="INFO",
@@ -359,6 +377,9 @@ def worker_command(
     prefetch: int,
     durable_leases: bool,
     worker_id: str | None,
+    listen_dsn: str | None,
+    prepare_threshold: int,
+    no_prepare: bool,
     log_level: str,
 ) -> None:
     """Run handlers for queues until SIGTERM or SIGINT (a second one exits at once).
@@ -396,6 +417,8 @@ def worker_command(
         "prefetch": prefetch,
         "durable_leases": durable_leases,
         "worker_id": worker_id,
+        "listen_dsn": listen_dsn,
+        "prepare_threshold": None if no_prepare else prepare_threshold,
     }
     with _reported():
         _preflight(dsn)

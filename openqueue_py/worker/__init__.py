@@ -17,6 +17,7 @@ import asyncio
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .._connect import DEFAULT_PREPARE_THRESHOLD
 from ..errors import WorkerError
 from ..models import Job
 from ._core import Core
@@ -48,6 +49,8 @@ class _Face:
         durable_leases: bool = False,
         worker_id: str | None = None,
         handle_signals: bool = True,
+        listen_dsn: str | None = None,
+        prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD,
     ) -> None:
         """Configure the worker; nothing connects before run().
 
@@ -82,6 +85,14 @@ class _Face:
         SIGINT stop the worker gracefully; a second signal exits the process
         at once (leases then expire and the jobs come back).
 
+        ``listen_dsn`` (None: ``dsn``): where the LISTEN connection goes. Behind
+        a transaction pooler (PgBouncer), give ``dsn`` the pooler and
+        ``listen_dsn`` PostgreSQL itself: LISTEN needs a session of its own.
+        ``prepare_threshold`` (5, psycopg's default): executions of a statement
+        on a connection before psycopg prepares it on the server; None never
+        prepares, which a pooler without prepared-statement support (PgBouncer
+        before 1.21 in transaction mode) needs. Applies to ``dsn`` only.
+
         Raises :class:`WorkerError` for a configuration that cannot work.
         """
         if isinstance(handlers, Mapping):
@@ -102,6 +113,8 @@ class _Face:
             durable_leases=durable_leases,
             worker_id=worker_id,
             handle_signals=handle_signals,
+            listen_dsn=listen_dsn,
+            prepare_threshold=prepare_threshold,
         )
 
     def _check_handler(self, queue: str, handler: Callable[..., Any]) -> None:

@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from contextlib import suppress
 from typing import Any
 
+from .._connect import DEFAULT_PREPARE_THRESHOLD
 from ..errors import WorkerError
 from ..models import Job, Leased
 from . import signals
@@ -65,9 +66,16 @@ class Core:
         durable_leases: bool,
         worker_id: str | None,
         handle_signals: bool,
+        listen_dsn: str | None = None,
+        prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD,
     ) -> None:
         if not isinstance(dsn, str):
             raise WorkerError(f"the worker needs a DSN string, got {type(dsn).__name__}")
+        if listen_dsn is not None and not isinstance(listen_dsn, str):
+            raise WorkerError(f"listen_dsn must be a DSN string or None, got {type(listen_dsn).__name__}")
+        threshold = prepare_threshold
+        if threshold is not None and (type(threshold) is not int or threshold < 0):
+            raise WorkerError(f"prepare_threshold must be an int >= 0 or None, got {prepare_threshold!r}")
         if not isinstance(handlers, Mapping) or not handlers:
             raise WorkerError("handlers must be a non-empty dict of queue name -> callable")
         for queue, handler in handlers.items():
@@ -91,6 +99,8 @@ class Core:
             raise WorkerError(f"reap_interval must be > 0 seconds or None, got {reap_interval!r}")
 
         self.dsn = dsn
+        self.listen_dsn = listen_dsn or dsn
+        self.prepare_threshold = prepare_threshold
         self.handlers = dict(handlers)
         self.queues = list(self.handlers)
         self.executor = executor
@@ -143,7 +153,9 @@ class Core:
         self.inflight: dict[int, Run] = {}
         self.fetcher = Fetcher(self)
         # The lease calls, plus the completer, the heartbeat, the reaper and a nack or two.
-        self.conns = Connections(self.dsn, max_size=self.fetcher.max_calls + 4)
+        self.conns = Connections(
+            self.dsn, max_size=self.fetcher.max_calls + 4, prepare_threshold=self.prepare_threshold
+        )
         self.heartbeat = Heartbeat(self)
         self.completer = Completer(
             self, flush_size=max(self.batch_size, self.concurrency), flush_interval=FLUSH_INTERVAL
