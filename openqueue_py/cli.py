@@ -24,7 +24,7 @@ import psycopg
 
 from . import _connect
 from .client import Client
-from .errors import NOT_INSTALLED_MESSAGE, ConnectionFailed, NotInstalled, OpenQueueError
+from .errors import ConnectionFailed, NotInstalled, OpenQueueError
 from .migrate import install, installed_version
 
 EXIT_FAILED = 1  # the command ran and failed: refused by the database, job not in that state ...
@@ -240,13 +240,6 @@ def replay_command(dsn: str, job_id: int) -> None:
 # -- worker ------------------------------------------------------------------
 
 
-def _preflight(dsn: str) -> None:
-    """Fail at once, in one line, on a DSN that cannot work (the worker itself retries)."""
-    with _connect.connect(dsn, autocommit=True) as conn:
-        if installed_version(conn) == 0:
-            raise NotInstalled(NOT_INSTALLED_MESSAGE)
-
-
 def _import_object(spec: str, option: str) -> Any:
     """``module:attribute`` (the attribute may be dotted) -> the object."""
     module_name, colon, attribute = spec.partition(":")
@@ -421,7 +414,6 @@ def worker_command(
         "prepare_threshold": None if no_prepare else prepare_threshold,
     }
     with _reported():
-        _preflight(dsn)
         if kinds == {True}:
             async_worker = AsyncWorker(dsn, handlers, **options)
             asyncio.run(async_worker.run())

@@ -163,9 +163,15 @@ class Worker(_Face):
         """Process jobs until stopped; return once in-flight jobs are done (or grace expired).
 
         Runs an event loop of its own, so it works in any thread that has none
-        running (signal handlers only in the main thread). Database errors
-        never end it; :class:`WorkerError` does (a configuration the database
-        refuses, after in-flight jobs have finished).
+        running (signal handlers only in the main thread). Errors a retry may
+        cure (a lost connection, a restart, a serialization failure) never end
+        it. What no retry cures ends it with one line: at startup, within
+        ``connect_timeout``, :class:`ConnectionFailed` (host, port, role,
+        password, database), :class:`NotInstalled` (no schema, or an older
+        one), :class:`SchemaTooNew`, :class:`WorkerError` (a role without the
+        worker's privileges); later, after in-flight jobs have finished,
+        :class:`NotInstalled` or :class:`WorkerError` (the schema dropped, a
+        privilege revoked, a configuration the database refuses).
         """
         asyncio.run(self._core.run())
 

@@ -30,9 +30,9 @@ from contextlib import suppress
 from typing import Any
 
 from .._connect import DEFAULT_PREPARE_THRESHOLD
-from ..errors import WorkerError
+from ..errors import OpenQueueError, WorkerError
 from ..models import Job, Leased
-from . import signals
+from . import signals, startup
 from .completer import Completer
 from .connections import Connections
 from .executor import Executor
@@ -148,6 +148,8 @@ class Core:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        # Fail fast, in one line, on what no retry cures (see .startup).
+        await startup.check(self.dsn, self.listen_dsn, self.prepare_threshold)
         # Jobs this worker holds a lease on and has not settled: waiting for a
         # slot, running, or (once finished) handed to the completer.
         self.inflight: dict[int, Run] = {}
@@ -195,7 +197,7 @@ class Core:
             except asyncio.CancelledError:
                 if not self._forced:
                     raise
-            except WorkerError as exc:
+            except OpenQueueError as exc:  # WorkerError, NotInstalled: see .startup.fatal
                 error = exc
                 self._request_stop(False)
             await self._drain()
