@@ -12,6 +12,7 @@ import importlib
 import json
 import logging
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Iterator, Mapping
@@ -308,7 +309,7 @@ def _worker_handlers(queue_specs: tuple[str, ...], app: str | None) -> dict[str,
     type=click.FloatRange(min=0),
     default=30.0,
     show_default=True,
-    help="Seconds a stop waits for in-flight jobs.",
+    help="Seconds a stop waits for in-flight jobs; then they are abandoned and the process exits.",
 )
 @click.option("--lease-seconds", type=int, default=None, help="Lease length (default: each queue's setting).")
 @click.option(
@@ -375,7 +376,7 @@ def worker_command(
     no_prepare: bool,
     log_level: str,
 ) -> None:
-    """Run handlers for queues until SIGTERM or SIGINT (a second one exits at once).
+    """Run handlers for queues until SIGTERM or SIGINT (a second one exits at once, status 128+signal).
 
     Handlers are plain functions (run in threads) or all async functions
     (run on an event loop); mixing the two is refused. Exit status 0 after
@@ -413,12 +414,22 @@ def worker_command(
         "listen_dsn": listen_dsn,
         "prepare_threshold": None if no_prepare else prepare_threshold,
     }
-    with _reported():
-        if kinds == {True}:
-            async_worker = AsyncWorker(dsn, handlers, **options)
-            asyncio.run(async_worker.run())
-        else:
-            Worker(dsn, handlers, **options).run()
+    # A second signal reaches these (the worker restores them): exit at once
+    # with 128 + the signal's number (130 for SIGINT's KeyboardInterrupt).
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        with _reported():
+            if kinds == {True}:
+                async_worker = AsyncWorker(dsn, handlers, **options)
+                asyncio.run(async_worker.run())
+            else:
+                Worker(dsn, handlers, **options).run()
+    except KeyboardInterrupt:
+        sys.exit(128 + signal.SIGINT)
+
+
+def _exit_on_signal(signum: int, frame: Any) -> NoReturn:
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -82,8 +82,11 @@ class _Face:
         flush; True makes leases wait too.
         ``worker_id`` (``host:pid:random``): stored as the jobs' ``leased_by``.
         ``handle_signals`` (True): when run() is in the main thread, SIGTERM and
-        SIGINT stop the worker gracefully; a second signal exits the process
-        at once (leases then expire and the jobs come back).
+        SIGINT stop the worker gracefully; a second signal restores the
+        handlers that were there before and delivers the signal to them in
+        the main thread (Python's defaults: ``KeyboardInterrupt`` for SIGINT,
+        so the caller's ``finally`` blocks run); the abandoned jobs' leases
+        expire and they come back.
 
         ``listen_dsn`` (None: ``dsn``): where the LISTEN connection goes. Behind
         a transaction pooler (PgBouncer), give ``dsn`` the pooler and

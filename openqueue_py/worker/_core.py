@@ -168,7 +168,7 @@ class Core:
         self.stopping = False
         self._forced = False
 
-        restore_signals = signals.install(loop, self._on_signal) if self.handle_signals else (lambda: None)
+        self._signals = signals.Signals(loop, self._on_signal) if self.handle_signals else None
         self.executor.start(self.handlers, self._on_done, self.worker_id)
         log(
             logging.INFO,
@@ -207,7 +207,8 @@ class Core:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await self.conns.close()
-            restore_signals()
+            if self._signals is not None:
+                self._signals.restore()
             log(logging.INFO, "worker.stopped", worker_id=self.worker_id)
         if error is not None:
             raise error
@@ -286,6 +287,8 @@ class Core:
                 )
 
     async def _abandon_all(self) -> None:
+        for run in self.inflight.values():
+            run.job.lease_lost.set()  # a handler still running may stop early
         await self.executor.close()
         runs = list(self.inflight.values())
         self.inflight.clear()
@@ -305,7 +308,8 @@ class Core:
             log(logging.INFO, "worker.signal", worker_id=self.worker_id, reason=signals.signal_name(signum))
             self._request_stop(False)
             return
-        signals.exit_now(signum, self.worker_id, len(self.inflight))
+        if self._signals is not None:
+            self._signals.redeliver(signum, self.worker_id, len(self.inflight))
 
     async def sleep(self, seconds: float) -> None:
         """Sleep, but wake up at once when the worker is stopping."""
