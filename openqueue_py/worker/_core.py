@@ -219,14 +219,30 @@ class Core:
         """A job just leased: track it, schedule its heartbeat, queue it for a slot."""
         every = beat_every(lease_left)
         run = Run(leased, beat_at=leased_at + every, beat_every=every)
+        earlier = self.inflight.get(leased.job.id)
+        if earlier is not None:  # its lease expired and we leased the job again: it is gone
+            earlier.lost = True
+            earlier.job.lease_lost.set()
+            self.executor.cancel(earlier)
         self.inflight[leased.job.id] = run
         self._idle.clear()
         self.heartbeat.track(run)
         self.executor.submit(run)
 
     def _on_done(self, run: Run, value: Any, failure: BaseException | None, ended: float) -> None:
-        if self.inflight.pop(run.job_id, None) is None:
-            return  # abandoned already (forced stop)
+        if self.inflight.get(run.job_id) is not run:
+            # Abandoned already (forced stop); or an earlier lease of a job this
+            # worker has leased again since (that lease is gone: no ack).
+            if run.job_id in self.inflight:
+                log(
+                    logging.WARNING,
+                    "job.discarded",
+                    worker_id=self.worker_id,
+                    outcome="lease_lost",
+                    **run.log_fields(ended - run.started),
+                )
+            return
+        del self.inflight[run.job_id]
         duration = ended - run.started
         if run.lost:
             log(
