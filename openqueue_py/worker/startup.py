@@ -5,7 +5,9 @@ one to ``listen_dsn`` when it differs) and asks ``oq_schema_version()``: a
 DSN that cannot connect raises :class:`ConnectionFailed`, a missing or older
 schema :class:`NotInstalled`, a newer one :class:`SchemaTooNew`, a role
 without the worker's privileges :class:`WorkerError`; each with a one-line
-message, within ``connect_timeout`` (5 s unless the DSN says otherwise).
+message: at once when the server answers with a refusal (no such role or
+database, a wrong password), after ``UNREACHABLE_RETRY_SECONDS`` (6 s) of
+retries when it does not answer at all (it may be restarting).
 
 Once running, :func:`fatal` tells the errors no retry can cure (a privilege
 revoked, the schema dropped, the role or database gone) from the transient
@@ -16,12 +18,17 @@ backoff.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+
 import psycopg
 
 from .. import _connect, _sql
 from ..errors import NotInstalled, OpenQueueError, SchemaTooNew, WorkerError
 from ..migrate import latest_version
-from .connections import close_quietly, connect
+from .connections import Backoff, close_quietly, connect
+from .logging import log
 
 # Privilege denied; the schema, a function or a table missing; the role or database gone.
 FATAL_SQLSTATES = {"42501", "3F000", "42883", "42P01", "28000", "28P01", "3D000"}
@@ -43,13 +50,33 @@ def fatal(exc: BaseException) -> OpenQueueError | None:
     return WorkerError(f"{primary} (SQLSTATE {exc.sqlstate})")
 
 
+# A server that does not answer at startup (refused, no socket, starting up or
+# shutting down) may be restarting: retried for this long, then ConnectionFailed.
+# A server that answers with a refusal (no such role or database, a wrong
+# password) fails at once.
+UNREACHABLE_RETRY_SECONDS = 6.0
+
+
+def _unreachable(exc: psycopg.OperationalError) -> bool:
+    text = str(exc)
+    return "FATAL:" not in text or "the database system is" in text
+
+
 async def _open(dsn: str, prepare_threshold: int | None) -> psycopg.AsyncConnection:
-    try:
-        return await connect(dsn, prepare_threshold)
-    except psycopg.OperationalError as exc:
-        raise _connect.connection_failed(exc) from exc
-    except psycopg.ProgrammingError as exc:  # a DSN libpq cannot parse
-        raise _connect.connection_failed(psycopg.OperationalError(str(exc))) from exc
+    deadline = time.monotonic() + UNREACHABLE_RETRY_SECONDS
+    backoff = Backoff(first=0.1, cap=1.0)
+    while True:
+        try:
+            return await connect(dsn, prepare_threshold)
+        except psycopg.OperationalError as exc:
+            delay = backoff.next()
+            if not _unreachable(exc) or time.monotonic() + delay > deadline:
+                raise _connect.connection_failed(exc) from exc
+            if backoff.failures == 1:
+                log(logging.DEBUG, "worker.db_error", error=_connect.one_line(str(exc)))
+            await asyncio.sleep(delay)
+        except psycopg.ProgrammingError as exc:  # a DSN libpq cannot parse
+            raise _connect.connection_failed(psycopg.OperationalError(str(exc))) from exc
 
 
 async def check(dsn: str, listen_dsn: str, prepare_threshold: int | None) -> int:
