@@ -6,7 +6,7 @@ DSN that cannot connect raises :class:`ConnectionFailed`, a missing or older
 schema :class:`NotInstalled`, a newer one :class:`SchemaTooNew`, a role
 without the worker's privileges :class:`WorkerError`; each with a one-line
 message: at once when the server answers with a refusal (no such role or
-database, a wrong password), after ``UNREACHABLE_RETRY_SECONDS`` (6 s) of
+database, a wrong password), after ``UNREACHABLE_RETRY_SECONDS`` (2.5 s) of
 retries when it does not answer at all (it may be restarting).
 
 Once running, :func:`fatal` tells the errors no retry can cure (a privilege
@@ -54,7 +54,7 @@ def fatal(exc: BaseException) -> OpenQueueError | None:
 # shutting down) may be restarting: retried for this long, then ConnectionFailed.
 # A server that answers with a refusal (no such role or database, a wrong
 # password) fails at once.
-UNREACHABLE_RETRY_SECONDS = 6.0
+UNREACHABLE_RETRY_SECONDS = 2.5
 
 
 def _unreachable(exc: psycopg.OperationalError) -> bool:

@@ -140,23 +140,6 @@ def test_a_dsn_that_cannot_connect_raises_connection_failed_at_once(dsn: str, ch
     assert took < (2 if change != "port" else UNREACHABLE_RETRY_SECONDS + 3)
 
 
-def test_a_server_that_comes_back_within_the_startup_window_is_waited_for(
-    pg_server: Any, dsn: str, client: Client, events: Any
-) -> None:
-    """A worker started during a restart does not give up: it retries until the server answers."""
-    if pg_server.restart is None:
-        pytest.skip("needs a server the harness can restart")
-    done: list[int] = []
-    job_id = client.enqueue("q", {})
-    worker = make_worker(dsn, {"q": lambda job: done.append(job.id)}, handle_signals=False)
-    stopper = threading.Thread(target=pg_server.restart)
-    stopper.start()
-    time.sleep(0.05)
-    with running(worker):
-        wait_until(lambda: done == [job_id], timeout=30, what="the job after the restart")
-    stopper.join(60)
-
-
 def test_a_listen_dsn_that_cannot_connect_raises_connection_failed(dsn: str) -> None:
     error, _ = _run_fails(dsn, listen_dsn=make_conninfo(dsn, dbname="no_such_db"))
     assert isinstance(error, ConnectionFailed) and "no_such_db" in str(error)
