@@ -12,6 +12,7 @@ import importlib
 import json
 import logging
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Iterator, Mapping
@@ -24,7 +25,7 @@ import psycopg
 
 from . import _connect
 from .client import Client
-from .errors import NOT_INSTALLED_MESSAGE, ConnectionFailed, NotInstalled, OpenQueueError
+from .errors import ConnectionFailed, NotInstalled, OpenQueueError
 from .migrate import install, installed_version
 
 EXIT_FAILED = 1  # the command ran and failed: refused by the database, job not in that state ...
@@ -240,13 +241,6 @@ def replay_command(dsn: str, job_id: int) -> None:
 # -- worker ------------------------------------------------------------------
 
 
-def _preflight(dsn: str) -> None:
-    """Fail at once, in one line, on a DSN that cannot work (the worker itself retries)."""
-    with _connect.connect(dsn, autocommit=True) as conn:
-        if installed_version(conn) == 0:
-            raise NotInstalled(NOT_INSTALLED_MESSAGE)
-
-
 def _import_object(spec: str, option: str) -> Any:
     """``module:attribute`` (the attribute may be dotted) -> the object."""
     module_name, colon, attribute = spec.partition(":")
@@ -315,7 +309,7 @@ def _worker_handlers(queue_specs: tuple[str, ...], app: str | None) -> dict[str,
     type=click.FloatRange(min=0),
     default=30.0,
     show_default=True,
-    help="Seconds a stop waits for in-flight jobs.",
+    help="Seconds a stop waits for in-flight jobs; then they are abandoned and the process exits.",
 )
 @click.option("--lease-seconds", type=int, default=None, help="Lease length (default: each queue's setting).")
 @click.option(
@@ -341,6 +335,24 @@ def _worker_handlers(queue_specs: tuple[str, ...], app: str | None) -> dict[str,
 )
 @click.option("--worker-id", default=None, help="Recorded as leased_by (default host:pid:random).")
 @click.option(
+    "--listen-dsn",
+    envvar="OPENQUEUE_LISTEN_DSN",
+    default=None,
+    help="Where LISTEN connects (default: --dsn); PostgreSQL itself when --dsn is a transaction pooler.",
+)
+@click.option(
+    "--prepare-threshold",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="Runs of a statement before psycopg prepares it on the server.",
+)
+@click.option(
+    "--no-prepare",
+    is_flag=True,
+    help="Never prepare statements (PgBouncer before 1.21 in transaction pooling mode).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     default="INFO",
@@ -359,9 +371,12 @@ def worker_command(
     prefetch: int,
     durable_leases: bool,
     worker_id: str | None,
+    listen_dsn: str | None,
+    prepare_threshold: int,
+    no_prepare: bool,
     log_level: str,
 ) -> None:
-    """Run handlers for queues until SIGTERM or SIGINT (a second one exits at once).
+    """Run handlers for queues until SIGTERM or SIGINT (a second one exits at once, status 128+signal).
 
     Handlers are plain functions (run in threads) or all async functions
     (run on an event loop); mixing the two is refused. Exit status 0 after
@@ -396,14 +411,25 @@ def worker_command(
         "prefetch": prefetch,
         "durable_leases": durable_leases,
         "worker_id": worker_id,
+        "listen_dsn": listen_dsn,
+        "prepare_threshold": None if no_prepare else prepare_threshold,
     }
-    with _reported():
-        _preflight(dsn)
-        if kinds == {True}:
-            async_worker = AsyncWorker(dsn, handlers, **options)
-            asyncio.run(async_worker.run())
-        else:
-            Worker(dsn, handlers, **options).run()
+    # A second signal reaches these (the worker restores them): exit at once
+    # with 128 + the signal's number (130 for SIGINT's KeyboardInterrupt).
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        with _reported():
+            if kinds == {True}:
+                async_worker = AsyncWorker(dsn, handlers, **options)
+                asyncio.run(async_worker.run())
+            else:
+                Worker(dsn, handlers, **options).run()
+    except KeyboardInterrupt:
+        sys.exit(128 + signal.SIGINT)
+
+
+def _exit_on_signal(signum: int, frame: Any) -> NoReturn:
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -24,9 +25,63 @@ class JobState(StrEnum):
         return self in (JobState.COMPLETED, JobState.DEAD, JobState.CANCELLED)
 
 
+_EVENT_LOCK = threading.Lock()
+
+
+class LeaseLost:
+    """Set by a Worker when a running job's outcome will not be recorded: stop early.
+
+    Like a ``threading.Event`` a handler can poll (``job.lease_lost.is_set()``)
+    or wait on (``job.lease_lost.wait(timeout)``). The worker sets it when a
+    heartbeat finds the lease gone (it expired and another worker took the
+    job, or the job was cancelled) and when it abandons the job (a forced
+    stop, or the grace period ran out). An :class:`AsyncWorker` also cancels
+    the handler's task. Jobs leased with ``Client.lease`` are never set.
+    """
+
+    __slots__ = ("_event", "_set")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._event: threading.Event | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def __bool__(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until set (or ``timeout`` seconds); True if set."""
+        if self._set:
+            return True
+        with _EVENT_LOCK:
+            if self._event is None:
+                self._event = threading.Event()
+            event = self._event
+        if self._set:  # set between the check and the event's creation
+            return True
+        return event.wait(timeout)
+
+    def set(self) -> None:
+        """For the worker: the lease is gone."""
+        self._set = True
+        with _EVENT_LOCK:
+            event = self._event
+        if event is not None:
+            event.set()
+
+    def __repr__(self) -> str:
+        return f"<LeaseLost {'set' if self._set else 'unset'}>"
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
-    """A job as a worker sees it when it holds the lease."""
+    """A job as a worker sees it when it holds the lease.
+
+    ``lease_lost`` (not part of equality) tells a running handler that its
+    outcome will not be recorded: see :class:`LeaseLost`.
+    """
 
     id: int
     queue_name: str
@@ -36,6 +91,7 @@ class Job:
     max_attempts: int
     run_at: datetime
     created_at: datetime
+    lease_lost: LeaseLost = field(default_factory=LeaseLost, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ import asyncio
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .._connect import DEFAULT_PREPARE_THRESHOLD
 from ..errors import WorkerError
 from ..models import Job
 from ._core import Core
@@ -48,6 +49,8 @@ class _Face:
         durable_leases: bool = False,
         worker_id: str | None = None,
         handle_signals: bool = True,
+        listen_dsn: str | None = None,
+        prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD,
     ) -> None:
         """Configure the worker; nothing connects before run().
 
@@ -79,8 +82,19 @@ class _Face:
         flush; True makes leases wait too.
         ``worker_id`` (``host:pid:random``): stored as the jobs' ``leased_by``.
         ``handle_signals`` (True): when run() is in the main thread, SIGTERM and
-        SIGINT stop the worker gracefully; a second signal exits the process
-        at once (leases then expire and the jobs come back).
+        SIGINT stop the worker gracefully; a second signal restores the
+        handlers that were there before and delivers the signal to them in
+        the main thread (Python's defaults: ``KeyboardInterrupt`` for SIGINT,
+        so the caller's ``finally`` blocks run); the abandoned jobs' leases
+        expire and they come back.
+
+        ``listen_dsn`` (None: ``dsn``): where the LISTEN connection goes. Behind
+        a transaction pooler (PgBouncer), give ``dsn`` the pooler and
+        ``listen_dsn`` PostgreSQL itself: LISTEN needs a session of its own.
+        ``prepare_threshold`` (5, psycopg's default): executions of a statement
+        on a connection before psycopg prepares it on the server; None never
+        prepares, which a pooler without prepared-statement support (PgBouncer
+        before 1.21 in transaction mode) needs. Applies to ``dsn`` only.
 
         Raises :class:`WorkerError` for a configuration that cannot work.
         """
@@ -102,6 +116,8 @@ class _Face:
             durable_leases=durable_leases,
             worker_id=worker_id,
             handle_signals=handle_signals,
+            listen_dsn=listen_dsn,
+            prepare_threshold=prepare_threshold,
         )
 
     def _check_handler(self, queue: str, handler: Callable[..., Any]) -> None:
@@ -150,9 +166,15 @@ class Worker(_Face):
         """Process jobs until stopped; return once in-flight jobs are done (or grace expired).
 
         Runs an event loop of its own, so it works in any thread that has none
-        running (signal handlers only in the main thread). Database errors
-        never end it; :class:`WorkerError` does (a configuration the database
-        refuses, after in-flight jobs have finished).
+        running (signal handlers only in the main thread). Errors a retry may
+        cure (a lost connection, a restart, a serialization failure) never end
+        it. What no retry cures ends it with one line: at startup, within
+        ``connect_timeout``, :class:`ConnectionFailed` (host, port, role,
+        password, database), :class:`NotInstalled` (no schema, or an older
+        one), :class:`SchemaTooNew`, :class:`WorkerError` (a role without the
+        worker's privileges); later, after in-flight jobs have finished,
+        :class:`NotInstalled` or :class:`WorkerError` (the schema dropped, a
+        privilege revoked, a configuration the database refuses).
         """
         asyncio.run(self._core.run())
 

@@ -29,9 +29,10 @@ from collections.abc import Callable, Mapping
 from contextlib import suppress
 from typing import Any
 
-from ..errors import WorkerError
+from .._connect import DEFAULT_PREPARE_THRESHOLD
+from ..errors import OpenQueueError, WorkerError
 from ..models import Job, Leased
-from . import signals
+from . import signals, startup
 from .completer import Completer
 from .connections import Connections
 from .executor import Executor
@@ -65,9 +66,16 @@ class Core:
         durable_leases: bool,
         worker_id: str | None,
         handle_signals: bool,
+        listen_dsn: str | None = None,
+        prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD,
     ) -> None:
         if not isinstance(dsn, str):
             raise WorkerError(f"the worker needs a DSN string, got {type(dsn).__name__}")
+        if listen_dsn is not None and not isinstance(listen_dsn, str):
+            raise WorkerError(f"listen_dsn must be a DSN string or None, got {type(listen_dsn).__name__}")
+        threshold = prepare_threshold
+        if threshold is not None and (type(threshold) is not int or threshold < 0):
+            raise WorkerError(f"prepare_threshold must be an int >= 0 or None, got {prepare_threshold!r}")
         if not isinstance(handlers, Mapping) or not handlers:
             raise WorkerError("handlers must be a non-empty dict of queue name -> callable")
         for queue, handler in handlers.items():
@@ -91,6 +99,8 @@ class Core:
             raise WorkerError(f"reap_interval must be > 0 seconds or None, got {reap_interval!r}")
 
         self.dsn = dsn
+        self.listen_dsn = listen_dsn or dsn
+        self.prepare_threshold = prepare_threshold
         self.handlers = dict(handlers)
         self.queues = list(self.handlers)
         self.executor = executor
@@ -138,12 +148,16 @@ class Core:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        # Fail fast, in one line, on what no retry cures (see .startup).
+        await startup.check(self.dsn, self.listen_dsn, self.prepare_threshold)
         # Jobs this worker holds a lease on and has not settled: waiting for a
         # slot, running, or (once finished) handed to the completer.
         self.inflight: dict[int, Run] = {}
         self.fetcher = Fetcher(self)
         # The lease calls, plus the completer, the heartbeat, the reaper and a nack or two.
-        self.conns = Connections(self.dsn, max_size=self.fetcher.max_calls + 4)
+        self.conns = Connections(
+            self.dsn, max_size=self.fetcher.max_calls + 4, prepare_threshold=self.prepare_threshold
+        )
         self.heartbeat = Heartbeat(self)
         self.completer = Completer(
             self, flush_size=max(self.batch_size, self.concurrency), flush_interval=FLUSH_INTERVAL
@@ -154,7 +168,7 @@ class Core:
         self.stopping = False
         self._forced = False
 
-        restore_signals = signals.install(loop, self._on_signal) if self.handle_signals else (lambda: None)
+        self._signals = signals.Signals(loop, self._on_signal) if self.handle_signals else None
         self.executor.start(self.handlers, self._on_done, self.worker_id)
         log(
             logging.INFO,
@@ -183,7 +197,7 @@ class Core:
             except asyncio.CancelledError:
                 if not self._forced:
                     raise
-            except WorkerError as exc:
+            except OpenQueueError as exc:  # WorkerError, NotInstalled: see .startup.fatal
                 error = exc
                 self._request_stop(False)
             await self._drain()
@@ -193,7 +207,8 @@ class Core:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await self.conns.close()
-            restore_signals()
+            if self._signals is not None:
+                self._signals.restore()
             log(logging.INFO, "worker.stopped", worker_id=self.worker_id)
         if error is not None:
             raise error
@@ -204,14 +219,30 @@ class Core:
         """A job just leased: track it, schedule its heartbeat, queue it for a slot."""
         every = beat_every(lease_left)
         run = Run(leased, beat_at=leased_at + every, beat_every=every)
+        earlier = self.inflight.get(leased.job.id)
+        if earlier is not None:  # its lease expired and we leased the job again: it is gone
+            earlier.lost = True
+            earlier.job.lease_lost.set()
+            self.executor.cancel(earlier)
         self.inflight[leased.job.id] = run
         self._idle.clear()
         self.heartbeat.track(run)
         self.executor.submit(run)
 
     def _on_done(self, run: Run, value: Any, failure: BaseException | None, ended: float) -> None:
-        if self.inflight.pop(run.job_id, None) is None:
-            return  # abandoned already (forced stop)
+        if self.inflight.get(run.job_id) is not run:
+            # Abandoned already (forced stop); or an earlier lease of a job this
+            # worker has leased again since (that lease is gone: no ack).
+            if run.job_id in self.inflight:
+                log(
+                    logging.WARNING,
+                    "job.discarded",
+                    worker_id=self.worker_id,
+                    outcome="lease_lost",
+                    **run.log_fields(ended - run.started),
+                )
+            return
+        del self.inflight[run.job_id]
         duration = ended - run.started
         if run.lost:
             log(
@@ -272,6 +303,8 @@ class Core:
                 )
 
     async def _abandon_all(self) -> None:
+        for run in self.inflight.values():
+            run.job.lease_lost.set()  # a handler still running may stop early
         await self.executor.close()
         runs = list(self.inflight.values())
         self.inflight.clear()
@@ -291,7 +324,8 @@ class Core:
             log(logging.INFO, "worker.signal", worker_id=self.worker_id, reason=signals.signal_name(signum))
             self._request_stop(False)
             return
-        signals.exit_now(signum, self.worker_id, len(self.inflight))
+        if self._signals is not None:
+            self._signals.redeliver(signum, self.worker_id, len(self.inflight))
 
     async def sleep(self, seconds: float) -> None:
         """Sleep, but wake up at once when the worker is stopping."""

@@ -7,7 +7,8 @@ during a flush go into the next). A graceful stop flushes everything before
 ``run()`` returns. Delivery stays at-least-once: an ack lost in a crash
 leaves the job ``processing`` until its lease expires, and it runs again.
 
-Every id ``oq_ack_many`` does not return lost its lease (expired and taken
+A batch never carries one job id twice (see ``_take_batch``). Every id
+``oq_ack_many`` does not return lost its lease (expired and taken
 by another worker, or cancelled): ``job.ack_rejected``, never
 ``job.completed``. A batch the database refuses for a reason other than a
 lost connection is split and acked job by job, so one bad result (text
@@ -93,8 +94,7 @@ class Completer:
     async def _flush_all(self) -> None:
         try:
             while self._pending:
-                batch = self._pending[: self._max_batch]
-                del self._pending[: len(batch)]
+                batch = self._take_batch()
                 try:
                     await self._flush(batch)
                 except asyncio.CancelledError:
@@ -110,6 +110,26 @@ class Completer:
                 elif self._timer is None:
                     self._timer = asyncio.get_running_loop().call_later(self.flush_interval, self._start)
             self._core.check_idle()
+
+    def _take_batch(self) -> list[Finished]:
+        """The next batch: at most ``max_batch`` jobs, never one job id twice.
+
+        ``oq_ack_many`` answers with job ids, so one id twice in a batch (the
+        same job leased again by this worker after its first lease expired,
+        both runs finished) could not tell which token completed it: the
+        second run of that id waits for the next batch.
+        """
+        batch: list[Finished] = []
+        later: list[Finished] = []
+        ids: set[int] = set()
+        for item in self._pending:
+            if len(batch) >= self._max_batch or item[0].job_id in ids:
+                later.append(item)
+            else:
+                ids.add(item[0].job_id)
+                batch.append(item)
+        self._pending = later
+        return batch
 
     async def _flush(self, batch: list[Finished]) -> None:
         ids = [run.job_id for run, _, _ in batch]

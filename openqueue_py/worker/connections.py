@@ -12,6 +12,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 
+from .._connect import DEFAULT_CONNECT_TIMEOUT, DEFAULT_PREPARE_THRESHOLD
 from .._sql import Call
 
 T = TypeVar("T")
@@ -47,7 +48,8 @@ def connect_kwargs(dsn: str) -> dict[str, Any]:
     given = conninfo_to_dict(dsn)
     wanted: dict[str, Any] = {
         "application_name": "openqueue-worker",
-        "connect_timeout": 10,
+        # A host that does not answer is given up soon; the worker's backoff retries.
+        "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
         # A peer that vanished without closing the socket is noticed within a minute.
         "keepalives": 1,
         "keepalives_idle": 30,
@@ -57,11 +59,18 @@ def connect_kwargs(dsn: str) -> dict[str, Any]:
     return {k: v for k, v in wanted.items() if k not in given}
 
 
-async def connect(dsn: str) -> psycopg.AsyncConnection:
-    # Autocommit: every call is one statement, one transaction. psycopg prepares
-    # a statement after its fifth execution on a connection (prepare_threshold),
-    # which the hot path's few fixed statements reach at once.
-    return await psycopg.AsyncConnection.connect(dsn, autocommit=True, **connect_kwargs(dsn))
+async def connect(
+    dsn: str, prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD
+) -> psycopg.AsyncConnection:
+    """An autocommit connection: every call is one statement, one transaction.
+
+    psycopg prepares a statement after its ``prepare_threshold``-th execution
+    on a connection, which the hot path's few fixed statements reach at once;
+    ``None`` never prepares (PgBouncer in transaction pooling mode before 1.21).
+    """
+    return await psycopg.AsyncConnection.connect(
+        dsn, autocommit=True, prepare_threshold=prepare_threshold, **connect_kwargs(dsn)
+    )
 
 
 async def close_quietly(conn: psycopg.AsyncConnection) -> None:
@@ -77,8 +86,11 @@ class Connections:
     worker's own backoff and nothing waits on a pool's reconnect schedule.
     """
 
-    def __init__(self, dsn: str, max_size: int) -> None:
+    def __init__(
+        self, dsn: str, max_size: int, prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD
+    ) -> None:
         self._dsn = dsn
+        self._prepare_threshold = prepare_threshold
         self._idle: list[psycopg.AsyncConnection] = []
         self._slots = asyncio.Semaphore(max_size)
 
@@ -93,7 +105,7 @@ class Connections:
                 else:
                     conn = candidate
             if conn is None:
-                conn = await connect(self._dsn)
+                conn = await connect(self._dsn, self._prepare_threshold)
             try:
                 yield conn
             finally:

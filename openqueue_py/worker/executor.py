@@ -105,6 +105,9 @@ class ThreadExecutor:
         while done:
             on_done(*done.popleft())
 
+    def cancel(self, run: Run) -> None:
+        """The lease is gone: a thread cannot be interrupted; ``job.lease_lost`` tells the handler."""
+
     async def close(self) -> None:
         """Stop the slots; a handler still running is not waited for (its result is dropped)."""
         self._closed = True
@@ -130,6 +133,8 @@ class AsyncExecutor:
         self._on_done = on_done
         self._worker_id = worker_id
         self._queue: asyncio.Queue[Run] = asyncio.Queue()
+        self._running: dict[Run, asyncio.Task[None]] = {}
+        self._cancelled: set[Run] = set()
         self._tasks = [
             asyncio.create_task(self._slot(), name=f"openqueue-slot-{i}") for i in range(self._concurrency)
         ]
@@ -145,16 +150,30 @@ class AsyncExecutor:
             _log_started(run, self._worker_id)
             value: Any = None
             failure: BaseException | None = None
+            current = asyncio.current_task()
+            assert current is not None
+            self._running[run] = current
             try:
                 value = await handlers[run.job.queue_name](run.job)
             except asyncio.CancelledError as exc:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
+                if run in self._cancelled:  # cancel(): the lease is gone, the slot goes on
+                    current.uncancel()
+                if current.cancelling():
                     raise
                 failure = exc  # the handler cancelled itself: a failure like any other
             except BaseException as exc:
                 failure = exc
+            finally:
+                del self._running[run]
+                self._cancelled.discard(run)
             self._on_done(run, value, failure, time.monotonic())
+
+    def cancel(self, run: Run) -> None:
+        """The lease is gone: cancel the handler (it gets CancelledError), not the slot."""
+        task = self._running.get(run)
+        if task is not None and run not in self._cancelled:
+            self._cancelled.add(run)
+            task.cancel()
 
     async def close(self) -> None:
         """Cancel the slots (and the handlers they run)."""

@@ -41,6 +41,7 @@ from .. import _sql
 from ..errors import InvalidArgument, WorkerError
 from .connections import CONFIG_SQLSTATES, TRANSIENT, Backoff
 from .logging import log
+from .startup import fatal
 
 if TYPE_CHECKING:
     from ._core import Core
@@ -194,6 +195,9 @@ class Fetcher:
             raise WorkerError(f"cannot lease with this configuration: {exc}") from exc
         if isinstance(exc, psycopg.Error) and exc.sqlstate in CONFIG_SQLSTATES:
             raise WorkerError(f"cannot lease with this configuration: {exc}") from exc
+        error = fatal(exc)
+        if error is not None:
+            raise error from exc
         if not isinstance(exc, (*TRANSIENT, psycopg.Error)):
             raise exc
         level = logging.WARNING if backoff.failures == 0 else logging.DEBUG

@@ -6,8 +6,9 @@ the new expiry), scheduled on the local monotonic clock: a worker whose wall
 clock is off still heartbeats in time. When the earliest job is due, ONE
 statement extends every lease due within the next half interval, so jobs
 leased together are extended together. A lease found gone (expired and taken
-over, or the job cancelled) marks the job lost: it is not heartbeated again
-and its handler's outcome is discarded.
+over, or the job cancelled) marks the job lost: it is not heartbeated again,
+its handler's outcome is discarded, and the handler is told: ``job.lease_lost``
+is set and an async handler's task is cancelled.
 """
 
 from __future__ import annotations
@@ -84,6 +85,8 @@ class Heartbeat:
                     continue  # finished meanwhile
                 if expires_at is None:
                     run.lost = True
+                    run.job.lease_lost.set()
+                    self._core.executor.cancel(run)
                     log(logging.WARNING, "job.lease_lost", worker_id=self._core.worker_id, **run.log_fields())
                     continue
                 run.beat_every = beat_every(lease_left)

@@ -1,5 +1,8 @@
 """The LISTEN connection: wakes the fetcher when jobs become due or are scheduled.
 
+It uses ``listen_dsn`` (the worker's DSN unless given): LISTEN needs a
+session of its own on the server, which a transaction pooler does not keep.
+
 Channels, with a queue name as payload: ``openqueue`` when jobs became due
 (oq_enqueue, oq_reap, oq_replay), ``openqueue_scheduled`` when a job was added
 for later (oq_enqueue with a future run_at, oq_nack's retries).
@@ -30,7 +33,7 @@ async def listen_loop(core: Core) -> None:
     while True:
         conn: psycopg.AsyncConnection | None = None
         try:
-            conn = await connect(core.dsn)
+            conn = await connect(core.listen_dsn)
             await conn.execute(LISTEN_STATEMENT)
             backoff.reset()
             log(logging.INFO, "worker.listening", worker_id=core.worker_id)
