@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import psycopg
 
 from .. import _sql
+from ..errors import InvalidArgument
 from .connections import TRANSIENT, Backoff
 from .control import Fail, Retry, error_text
 from .jobs import Run
@@ -238,13 +239,15 @@ class Completer:
             error, retry = f"Fail: {failure.message}", False
         else:
             error = error_text(failure)
-        call = _sql.nack(run.job_id, run.lease_token, error, retry_in, retry)
+        # PostgreSQL text cannot hold NUL; an exception message may. Recorded visibly instead.
+        error = error.replace("\x00", "\\x00")
         try:
+            call = _sql.nack(run.job_id, run.lease_token, error, retry_in, retry)
             state = await self._settle(lambda: self._core.conns.run(call), run, duration)
         except asyncio.CancelledError:
             log(logging.WARNING, "job.abandoned", worker_id=self._worker_id, outcome="abandoned", **fields)
             raise
-        except psycopg.Error as exc:
+        except (psycopg.Error, InvalidArgument) as exc:
             log(logging.ERROR, "job.settle_failed", worker_id=self._worker_id, error=str(exc), **fields)
             return
         self._core.fetcher.schedule_changed()  # a failed job has a future run_at now

@@ -50,6 +50,8 @@ def _every_method(client: Client) -> set[str]:
     call("install")
     assert call("configure_queue", "pb", max_attempts=2, lease_seconds=30) is None
     assert call("set_queue_notify", "pb", "always") is None
+    assert call("set_queue_max_payload", "pb", 65536) is None
+    assert call("schema_version") >= 3
     first = call("enqueue", "pb", {"n": 0}, idempotency_key="k")
     assert call("enqueue", "pb", {"n": 0}, idempotency_key="k") == first
     batch = call("enqueue_batch", "pb", [{"n": n} for n in range(1, 5)])

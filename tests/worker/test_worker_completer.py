@@ -12,6 +12,8 @@ from openqueue_py.worker.completer import Completer
 from openqueue_py.worker.connections import Connections
 from openqueue_py.worker.jobs import Run
 
+from .conftest import make_worker, running, wait_until
+
 
 def test_one_job_leased_twice_by_the_same_worker_is_logged_completed_once(
     dsn: str, client: Client, events: Any
@@ -53,3 +55,22 @@ def test_one_job_leased_twice_by_the_same_worker_is_logged_completed_once(
     assert [r.attempt for r in rejected] == [1]
     record = client.get_job(job_id)
     assert record.status == "completed" and record.result == {"run": 2}
+
+
+def test_a_handler_error_with_a_nul_character_is_nacked_with_it_escaped(dsn: str, conn: Any) -> None:
+    def handler(job) -> None:
+        raise RuntimeError("bad\x00byte")
+
+    job_id = conn.execute("select openqueue.oq_enqueue('nul', '{}', max_attempts => 1)").fetchone()[0]
+    with running(make_worker(dsn, {"nul": handler})):
+        wait_until(
+            lambda: conn.execute(
+                "select status = 'dead' from openqueue.jobs where id = %s", (job_id,)
+            ).fetchone()[0],
+            timeout=30,
+            what="the job to be nacked to dead",
+        )
+    error = conn.execute(
+        "select errors -> 0 ->> 'error' from openqueue.jobs where id = %s", (job_id,)
+    ).fetchone()[0]
+    assert error.startswith("RuntimeError: bad\\x00byte")
