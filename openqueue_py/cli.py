@@ -329,9 +329,10 @@ def _worker_handlers(queue_specs: tuple[str, ...], app: str | None) -> dict[str,
 )
 @click.option(
     "--durable-leases/--no-durable-leases",
-    default=False,
+    default=True,
     show_default=True,
-    help="Make each lease wait for the WAL flush (default: only acks and nacks do).",
+    help="Leases wait for the WAL flush; --no-durable-leases trades a crash-forgotten "
+    "lease (an attempt not counted) for a faster pick-up.",
 )
 @click.option("--worker-id", default=None, help="Recorded as leased_by (default host:pid:random).")
 @click.option(

@@ -46,7 +46,7 @@ class _Face:
         reap_interval: float | None = 5.0,
         batch_size: int | None = None,
         prefetch: int = 0,
-        durable_leases: bool = False,
+        durable_leases: bool = True,
         worker_id: str | None = None,
         handle_signals: bool = True,
         listen_dsn: str | None = None,
@@ -72,14 +72,14 @@ class _Face:
         a slot that finishes finds its next job waiting instead of a round
         trip. They hold leases and count as in flight: a graceful stop runs
         them too.
-        ``durable_leases`` (False): when False, a lease commits without
-        waiting for the WAL flush (``synchronous_commit = off`` for that one
-        transaction), which saves an fsync between a job becoming due and its
-        handler starting. A database crash may forget a lease of its last
-        moments: the job is leasable again and the forgotten token's ack
-        answers false, so delivery stays at-least-once (one extra run, one
-        attempt not counted). Acks, nacks and heartbeats always wait for the
-        flush; True makes leases wait too.
+        ``durable_leases`` (True): every lease waits for the WAL flush, like
+        acks, nacks and heartbeats. False commits leases with
+        ``synchronous_commit = off`` for that one transaction, which saves an
+        fsync between a job becoming due and its handler starting; but a
+        database crash may then forget a lease of its last moments: the job
+        is leasable again, the forgotten token's ack answers false, and the
+        handler runs twice under one attempt number (the attempt is not
+        counted). Delivery stays at-least-once either way.
         ``worker_id`` (``host:pid:random``): stored as the jobs' ``leased_by``.
         ``handle_signals`` (True): when run() is in the main thread, SIGTERM and
         SIGINT stop the worker gracefully; a second signal restores the
