@@ -64,6 +64,7 @@ _TYPES = {
     "max_rows": "integer",
     "mode": "text",
     "seconds": "integer",
+    "attempt": "integer",
 }
 
 
@@ -405,6 +406,15 @@ def set_queue_max_payload(queue_name: str, max_bytes: int | None) -> Call[None]:
 
 def schema_version() -> Call[int]:
     return _call("oq_schema_version", {}, _scalar)
+
+
+def settled(job_id: int, worker_id: str, attempt: int) -> Call[str | None]:
+    args = {
+        "job_id": _integer(job_id, "job_id"),
+        "worker_id": _text(worker_id, "worker_id"),
+        "attempt": _integer(attempt, "attempt"),
+    }
+    return _call("oq_settled", _required(args, "job_id", "worker_id", "attempt"), _scalar)
 
 
 def get_job(job_id: int) -> Call[JobRecord | None]:

@@ -313,5 +313,11 @@ class Client:
         """The installed schema version (what ``oq_schema_version()`` returns)."""
         return self._run(_sql.schema_version(), conn)
 
+    def settled(
+        self, job_id: int, worker_id: str, attempt: int, *, conn: psycopg.Connection | None = None
+    ) -> str | None:
+        """What became of job_id since worker_id leased it for attempt (``oq_settled``); None if re-leased."""
+        return self._run(_sql.settled(job_id, worker_id, attempt), conn)
+
     def get_job(self, job_id: int, *, conn: psycopg.Connection | None = None) -> JobRecord | None:
         return self._run(_sql.get_job(job_id), conn)

@@ -310,5 +310,11 @@ class AsyncClient:
         """The installed schema version (what ``oq_schema_version()`` returns)."""
         return await self._run(_sql.schema_version(), conn)
 
+    async def settled(
+        self, job_id: int, worker_id: str, attempt: int, *, conn: psycopg.AsyncConnection | None = None
+    ) -> str | None:
+        """What became of job_id since worker_id leased it for attempt (``oq_settled``); None if re-leased."""
+        return await self._run(_sql.settled(job_id, worker_id, attempt), conn)
+
     async def get_job(self, job_id: int, *, conn: psycopg.AsyncConnection | None = None) -> JobRecord | None:
         return await self._run(_sql.get_job(job_id), conn)

@@ -2730,6 +2730,8 @@ $oq_0002$;
 --   attempts, lease_expires_at and finished_at (22023 for anything else).
 -- * queue_limits.max_payload_bytes (default 1 MiB) bounds the size of a payload,
 --   checked by oq_enqueue and by oq_enqueue_batch for every element.
+-- * oq_settled(job_id, worker_id, attempt): what became of a job after an
+--   ack or nack whose reply was lost (granted to openqueue_worker).
 
 -- ---------------------------------------------------------------------------
 -- Per-queue maximum payload size.
@@ -3089,6 +3091,55 @@ comment on function openqueue.oq_schema_version() is
 'the schema at startup without reading the internal tables.';
 
 -- ---------------------------------------------------------------------------
+-- What became of a job after a settle call whose reply was lost: an ack or
+-- nack retried after a dropped connection answers "not held" when the first
+-- call committed. The worker asks this to log what really happened.
+-- ---------------------------------------------------------------------------
+
+create function openqueue.oq_settled(job_id bigint, worker_id text, attempt integer)
+returns text
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_status text;
+begin
+    if oq_settled.job_id is null then
+        perform openqueue._raise_null('job_id');
+    end if;
+    if oq_settled.worker_id is null then
+        perform openqueue._raise_null('worker_id');
+    end if;
+    if oq_settled.attempt is null then
+        perform openqueue._raise_null('attempt');
+    end if;
+
+    select lj.status into v_status
+    from openqueue.live_jobs as lj
+    where lj.id = oq_settled.job_id
+      and lj.leased_by = oq_settled.worker_id
+      and lj.attempts = oq_settled.attempt;
+    if not found then
+        select fj.status into v_status
+        from openqueue.finished_jobs as fj
+        where fj.id = oq_settled.job_id
+          and fj.leased_by = oq_settled.worker_id
+          and fj.attempts = oq_settled.attempt;
+    end if;
+    return v_status;
+end;
+$$;
+
+comment on function openqueue.oq_settled(bigint, text, integer) is
+'The current status of job_id (completed, failed, dead, cancelled, pending, '
+'processing) if nobody has leased it since attempt number attempt of '
+'worker_id (its leased_by and attempts are still those), else NULL (also for '
+'an unknown job). For a worker whose ack or nack lost its reply: a retried '
+'oq_ack answers false once the first one committed, and this tells the two '
+'apart. Reads only. Errors 22004 for a NULL argument.';
+
+-- ---------------------------------------------------------------------------
 -- UPDATE through openqueue.jobs: only the time and priority columns.
 -- ---------------------------------------------------------------------------
 
@@ -3203,7 +3254,7 @@ declare
     v_worker constant text[] := array[
         'oq_lease', 'oq_heartbeat', 'oq_ack', 'oq_ack_many', 'oq_nack', 'oq_reap', 'oq_stats',
         -- what the worker runtime (openqueue_py/worker.py) also calls:
-        'oq_next_run_at', 'oq_wait', 'oq_schema_version'
+        'oq_next_run_at', 'oq_wait', 'oq_schema_version', 'oq_settled'
     ];
     v_present text[];
     v_object record;

@@ -14,6 +14,15 @@ by another worker, or cancelled): ``job.ack_rejected``, never
 lost connection is split and acked job by job, so one bad result (text
 jsonb cannot store) costs only its own result.
 
+A call that failed on a lost connection may have committed all the same
+(the reply was lost, not the statement): its retry then finds the lease
+gone, because the first call settled it. After such a failure every job the
+retry reports as not settled is looked up with ``oq_settled`` (is it still
+as our lease left it, and in which state?) and logged as what really
+happened: ``job.completed`` when our own first ack completed it,
+``job.failed`` / ``job.retry`` / ``job.dead`` when our first nack did, and
+``job.ack_rejected`` only when someone else has taken it since.
+
 Nacks stay per job (a task each): they are rare, and each carries its own
 error text, delay and retry flag.
 """
@@ -132,7 +141,8 @@ class Completer:
         self._pending = later
         return batch
 
-    async def _flush(self, batch: list[Finished]) -> None:
+    async def _flush(self, batch: list[Finished], unknown: bool = False) -> None:
+        """Ack ``batch``; ``unknown``: an earlier try may have committed (its reply was lost)."""
         ids = [run.job_id for run, _, _ in batch]
         tokens = [run.lease_token for run, _, _ in batch]
         texts = [text for _, text, _ in batch]
@@ -143,6 +153,7 @@ class Completer:
                 completed = await self._core.conns.run(_sql.ack_many_json(ids, tokens, results))
                 break
             except TRANSIENT as exc:
+                unknown = True  # sent, perhaps committed, reply lost: the retry may find it done
                 if backoff.failures == 0:
                     for run, _, duration in batch:
                         self._retrying(run, duration, exc)
@@ -150,7 +161,7 @@ class Completer:
             except psycopg.Error as exc:
                 if len(batch) > 1:
                     for item in batch:  # find the one the database refuses
-                        await self._flush([item])
+                        await self._flush([item], unknown)
                     return
                 run, text, duration = batch[0]
                 if text is not None and isinstance(exc, psycopg.DataError):
@@ -165,10 +176,44 @@ class Completer:
                     **run.log_fields(duration),
                 )
                 return
-        self._report(batch, completed)
-
-    def _report(self, batch: list[Finished], completed: list[int]) -> None:
         done = set(completed)
+        if unknown:
+            for run, _, _ in batch:
+                if run.job_id not in done and await self.settled(run) == "completed":
+                    done.add(run.job_id)
+        self._report(batch, done)
+
+    async def settled(self, run: Run) -> str | None:
+        """What became of ``run``'s job since our lease (``oq_settled``): its status, or None
+        when it was leased again since (or the question cannot be answered)."""
+        call = _sql.settled(run.job_id, self._worker_id, run.job.attempts)
+        backoff = Backoff()
+        while True:
+            try:
+                status = await self._core.conns.run(call)
+                break
+            except TRANSIENT:
+                await asyncio.sleep(backoff.next())
+            except psycopg.Error as exc:  # an older schema, a missing grant: report as before
+                log(
+                    logging.WARNING,
+                    "job.settle_unknown",
+                    worker_id=self._worker_id,
+                    error=str(exc),
+                    **run.log_fields(),
+                )
+                return None
+        if status is not None:
+            log(
+                logging.DEBUG,
+                "job.settle_recovered",
+                worker_id=self._worker_id,
+                status=status,
+                **run.log_fields(),
+            )
+        return status
+
+    def _report(self, batch: list[Finished], done: set[int]) -> None:
         info, warning = enabled(logging.INFO), enabled(logging.WARNING)
         for run, _, duration in batch:
             if run.job_id in done:
@@ -218,12 +263,15 @@ class Completer:
         self._nacks.discard(task)
         self._core.check_idle()
 
-    async def _settle(self, call: Callable[[], Awaitable[T]], run: Run, duration: float) -> T:
-        """Run a nack until the database answers: the lease survives a restart."""
+    async def _settle(self, call: Callable[[], Awaitable[T]], run: Run, duration: float) -> tuple[T, bool]:
+        """Run a nack until the database answers: the lease survives a restart.
+
+        Returns the answer and whether an earlier try may have committed (its reply was lost).
+        """
         backoff = Backoff()
         while True:
             try:
-                return await call()
+                return await call(), backoff.failures > 0
             except TRANSIENT as exc:
                 if backoff.failures == 0:
                     self._retrying(run, duration, exc)
@@ -243,7 +291,11 @@ class Completer:
         error = error.replace("\x00", "\\x00")
         try:
             call = _sql.nack(run.job_id, run.lease_token, error, retry_in, retry)
-            state = await self._settle(lambda: self._core.conns.run(call), run, duration)
+            state, unknown = await self._settle(lambda: self._core.conns.run(call), run, duration)
+            if state is None and unknown:
+                status = await self.settled(run)
+                if status in ("failed", "dead"):  # our first nack did it (only a nack or reap sets these)
+                    state = status
         except asyncio.CancelledError:
             log(logging.WARNING, "job.abandoned", worker_id=self._worker_id, outcome="abandoned", **fields)
             raise

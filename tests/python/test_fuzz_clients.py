@@ -177,6 +177,7 @@ ARGUMENTS: dict[str, tuple[list[Any], st.SearchStrategy[Any]]] = {
     "max_bytes": ([None, 100], ints),
     "max_rows": ([None, 10], ints),
     "job_id": ([1, 2, 3, 4, 5, 6], ints),
+    "attempt": ([1, 2], ints),
     "job_ids": ([[1, 2], [3]], listish(ints)),
     "lease_token": ([str(uuid.UUID(int=1)), uuid.UUID(int=2)], uuids),
     "lease_tokens": ([[uuid.UUID(int=1), uuid.UUID(int=2)], [str(uuid.UUID(int=3))]], listish(uuids)),

@@ -30,6 +30,7 @@ WORKER = {
     "oq_next_run_at",
     "oq_wait",
     "oq_schema_version",
+    "oq_settled",
 }
 
 

@@ -124,6 +124,11 @@ SCENARIO: list[tuple[str, str]] = [
     ),
     ("nack", f"select openqueue.oq_nack(6, {token(6)}, 'boom')"),
     (
+        "settled",
+        "select openqueue.oq_settled(2, 'w1', 1), openqueue.oq_settled(6, 'w1', 1), "
+        "openqueue.oq_settled(6, 'w2', 1), openqueue.oq_settled(2, 'w1', 2)",
+    ),
+    (
         "expire",
         "update openqueue.jobs set lease_expires_at = pg_catalog.now() - interval '1 minute' "
         "where id operator(pg_catalog.=) 7",

@@ -42,6 +42,7 @@ FUNCTIONS = [
     "oq_schema_version",
     "oq_set_queue_max_payload",
     "oq_set_queue_notify",
+    "oq_settled",
     "oq_stats",
     "oq_wait",
 ]
@@ -184,6 +185,7 @@ SENSIBLE: dict[str, list[Any]] = {
     "max_bytes": [None, 100],
     "mode": ["always", "when_waiting"],
     "seconds": [1, 60],
+    "attempt": [1, 2],
     "job_ids": [[1, 2]],
     "lease_tokens": [[str(uuid.UUID(int=1)), str(uuid.UUID(int=2))]],
     "results": [None, ["{}", None]],
