@@ -62,6 +62,7 @@ def _every_method(client: Client) -> set[str]:
     many = call("lease_many", "pb", "w", batch_size=3)
     assert len(many) == 3
     assert call("ack_many", [many[0].job.id], [many[0].lease_token]) == [many[0].job.id]
+    assert call("settled", many[0].job.id, "w", many[0].job.attempts) == "completed"
     for dead in many[1:]:
         assert call("nack", dead.job.id, dead.lease_token, "boom", retry=False) == "dead"
     assert call("replay", many[1].job.id) is True
