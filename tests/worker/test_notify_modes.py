@@ -18,7 +18,6 @@ def test_an_idle_worker_registers_as_waiting_for_its_queues(dsn: str, conn: psyc
                 " order by queue_name",
                 (worker.worker_id,),
             ).fetchall(),
-            timeout=30,
             what="the worker's oq_wait registration",
         )
     assert [queue for (queue,) in rows] == ["alpha", "beta"]
@@ -35,7 +34,6 @@ def test_a_when_waiting_queue_wakes_an_idle_worker_without_polling(
             lambda: conn.execute(
                 "select 1 from openqueue.queue_waiters where worker_id = %s", (worker.worker_id,)
             ).fetchone(),
-            timeout=30,
             what="the worker's oq_wait registration",
         )
         time.sleep(0.5)  # the worker is asleep now: only a notification can wake it before 60 s
