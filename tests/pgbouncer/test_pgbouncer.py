@@ -18,7 +18,6 @@ from datetime import timedelta
 from typing import Any
 
 import psycopg
-import pytest
 
 from openqueue_py import AsyncClient, Client, JobState, Worker, _sql
 
@@ -201,10 +200,6 @@ def test_the_worker_lease_heartbeat_and_ack_statements_work_through_pgbouncer(po
 
 
 def test_a_worker_through_pgbouncer_with_a_direct_listen_dsn(pooled_dsn: str, dsn: str) -> None:
-    parameters = inspect.signature(Worker).parameters
-    missing = [name for name in ("listen_dsn", "prepare_threshold") if name not in parameters]
-    if missing:
-        pytest.skip(f"Worker has no {' / '.join(missing)} option yet (needed for LISTEN and a pooler)")
     with Client(dsn) as client:
         ids = client.enqueue_batch("through", [{"n": n} for n in range(30)])
         done: set[int] = set()
