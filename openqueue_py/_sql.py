@@ -18,7 +18,7 @@ from uuid import UUID
 from psycopg.types.json import Jsonb
 
 from .errors import InvalidArgument
-from .models import HealthCheck, Job, JobRecord, JobState, Leased, QueueStats
+from .models import HealthCheck, Job, JobRecord, JobState, Leased, LeaseHandle, QueueStats
 
 T = TypeVar("T")
 Rows = list[tuple[Any, ...]]
@@ -195,6 +195,7 @@ def _leased(queue_name: str) -> Callable[[Rows], list[Leased]]:
                     max_attempts=r[4],
                     run_at=r[5],
                     created_at=r[6],
+                    lease=LeaseHandle(r[7]),
                 ),
                 lease_token=r[7],
                 lease_expires_at=r[8],

@@ -252,6 +252,14 @@ class Core:
                 outcome="lease_lost",
                 **run.log_fields(duration),
             )
+        elif failure is None and run.acked_in:  # Job.ack_in: completed in the handler's transaction
+            log(
+                logging.INFO,
+                "job.completed",
+                worker_id=self.worker_id,
+                outcome="completed",
+                **run.log_fields(duration),
+            )
         elif failure is None:
             self.completer.ack(run, value, duration)
         else:
