@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint sql fmt bench bench-large bench-soak chaos clean
+.PHONY: test lint sql fmt bench bench-large bench-soak chaos clean docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ chaos: $(STAMP)
 ## sql: regenerate sql/openqueue.sql from sql/migrations/
 sql: $(STAMP)
 	$(BIN)/python -c 'import sys; from openqueue_py.migrate import main; sys.exit(main([]))'
+
+## docs: regenerate docs/sql-reference.md from a fresh install's catalog (tests/test_docs.py checks it)
+docs: $(STAMP)
+	$(BIN)/python -m openqueue_py.docgen
 
 ## fmt: format the Python code
 fmt: $(STAMP)
