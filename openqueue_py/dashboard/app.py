@@ -25,6 +25,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
+from starlette.middleware import Middleware
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -91,6 +92,31 @@ def _database_label(dsn: str) -> str:
     port = parts.get("port")
     where = f"{host}:{port}" if port else str(host)
     return f"{parts.get('dbname') or parts.get('user') or 'postgres'} @ {where}"
+
+
+class _SecurityHeaders:
+    """No framing (the buttons must not be clickjacked), no sniffing, no referrer to other sites."""
+
+    _HEADERS = (
+        (b"x-frame-options", b"DENY"),
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"same-origin"),
+    )
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *self._HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def create_app(dsn: str, allow_actions: bool = False, *, pool_size: int = 4) -> Starlette:
@@ -239,6 +265,7 @@ def create_app(dsn: str, allow_actions: bool = False, *, pool_size: int = 4) -> 
         )
 
     app = Starlette(
+        middleware=[Middleware(_SecurityHeaders)],
         routes=[
             Route("/", index),
             Route("/partials/queues", partial_queues),
@@ -256,13 +283,5 @@ def create_app(dsn: str, allow_actions: bool = False, *, pool_size: int = 4) -> 
     )
     app.state.client = client
     app.state.allow_actions = allow_actions
-
-    @app.middleware("http")
-    async def headers(request: Request, call_next: Any) -> Response:
-        response = await call_next(request)
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "same-origin")
-        return response
 
     return app
