@@ -10,10 +10,10 @@ import pytest
 
 pytest.importorskip("starlette", reason="the dashboard tests need the 'dashboard' extra (starlette)")
 
-from starlette.testclient import TestClient  # noqa: E402
+from starlette.testclient import TestClient
 
-from openqueue_py import Client  # noqa: E402
-from openqueue_py.dashboard import create_app  # noqa: E402
+from openqueue_py import Client
+from openqueue_py.dashboard import create_app
 
 
 @pytest.fixture

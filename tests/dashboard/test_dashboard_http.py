@@ -190,7 +190,7 @@ def test_replay_and_cancel_with_actions_enabled(dash_rw: TestClient, client: Cli
     job = client.get_job(dead)
     assert job.status == "pending"
     assert [e["error"] for e in job.errors] == ["boom"]  # the history is kept
-    assert "Job {} replayed.".format(dead) in dash_rw.get(replay.headers["location"]).text
+    assert f"Job {dead} replayed." in dash_rw.get(replay.headers["location"]).text
 
     cancel = dash_rw.post(f"/jobs/{pending}/cancel", follow_redirects=True)
     assert cancel.status_code == 200
