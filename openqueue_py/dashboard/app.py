@@ -66,6 +66,8 @@ def _ago(value: datetime | None) -> str:
     if value is None:
         return ""
     seconds = (datetime.now(UTC) - value).total_seconds()
+    if -1 < seconds < 1:
+        return "just now"
     if seconds < 0:
         return f"in {_duration(-seconds)}"
     return f"{_duration(seconds)} ago"
@@ -76,8 +78,19 @@ def _pretty_json(value: Any) -> str:
 
 
 def _first_line(text: Any) -> str:
-    line = str(text or "").strip().splitlines()
-    return line[0] if line else ""
+    """An error's gist: its first line, or a traceback's last (the exception)."""
+    lines = [line for line in str(text or "").strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    return lines[-1].strip() if lines[0].startswith("Traceback") else lines[0]
+
+
+def _ts_text(value: Any) -> str:
+    """An ISO timestamp stored as text (an error's "at") like _ts; unchanged if it does not parse."""
+    try:
+        return _ts(datetime.fromisoformat(str(value)))
+    except ValueError:
+        return str(value)
 
 
 def _database_label(dsn: str) -> str:
@@ -123,7 +136,9 @@ def create_app(dsn: str, allow_actions: bool = False, *, pool_size: int = 4) -> 
     """The dashboard as an ASGI application (serve it with any ASGI server)."""
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     env = templates.env
-    env.filters.update(ts=_ts, ago=_ago, duration=_duration, pretty=_pretty_json, first_line=_first_line)
+    env.filters.update(
+        ts=_ts, ago=_ago, duration=_duration, pretty=_pretty_json, first_line=_first_line, ts_text=_ts_text
+    )
     env.globals.update(allow_actions=allow_actions, database=_database_label(dsn), states=queries.STATES)
     client = AsyncClient(dsn, min_size=1, max_size=pool_size)
 
