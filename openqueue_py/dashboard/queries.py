@@ -72,33 +72,27 @@ async def queues(conn: psycopg.AsyncConnection) -> list[QueueRow]:
 # Completed jobs per minute come from finished_at (an index); failures from the
 # "at" of each error entry, among the jobs that can hold one from the last
 # hour: the live ones and those finished within it.
+_SINCE = f"(date_trunc('minute', now()) - interval '{WINDOW_MINUTES - 1} minutes')"
 _THROUGHPUT = f"""
-with bounds as (
-    select date_trunc('minute', now()) - interval '{WINDOW_MINUTES - 1} minutes' as since,
-           date_trunc('minute', now()) as last
-),
-minutes as (
-    select generate_series(b.since, b.last, interval '1 minute') as minute from bounds as b
+with minutes as (
+    select generate_series({_SINCE}, date_trunc('minute', now()), interval '1 minute') as minute
 ),
 done as (
     select date_trunc('minute', j.finished_at) as minute, count(*) as n
-    from openqueue.jobs as j, bounds as b
-    where j.finished_at >= b.since and j.status = 'completed'
+    from openqueue.jobs as j
+    where j.finished_at >= {_SINCE} and j.status = 'completed'
     group by 1
 ),
-errors as (
-    select e.at
-    from bounds as b,
-        lateral (
-            select j.errors from openqueue.jobs as j where j.finished_at >= b.since
-            union all
-            select j.errors from openqueue.jobs as j where j.finished_at is null and j.errors <> '[]'
-        ) as j,
-        lateral (select (x.value ->> 'at')::timestamptz as at from jsonb_array_elements(j.errors) as x) as e
-    where e.at >= b.since
-),
 failed as (
-    select date_trunc('minute', e.at) as minute, count(*) as n from errors as e group by 1
+    select date_trunc('minute', e.at) as minute, count(*) as n
+    from (
+        select j.errors from openqueue.jobs as j where j.finished_at >= {_SINCE}
+        union all
+        select j.errors from openqueue.jobs as j where j.finished_at is null and j.errors <> '[]'
+    ) as j,
+        lateral (select (x.value ->> 'at')::timestamptz as at from jsonb_array_elements(j.errors) as x) as e
+    where e.at >= {_SINCE}
+    group by 1
 )
 select m.minute, coalesce(d.n, 0)::int as completed, coalesce(f.n, 0)::int as failures
 from minutes as m
@@ -147,26 +141,27 @@ async def job(conn: psycopg.AsyncConnection, job_id: int) -> dict[str, Any] | No
         return await cur.fetchone()
 
 
+_LAST_HOUR = """
+with j as (
+    select j.queue_name, j.status, j.finished_at, j.errors
+    from openqueue.jobs as j where j.finished_at >= now() - interval '1 hour'
+    union all
+    select j.queue_name, j.status, j.finished_at, j.errors
+    from openqueue.jobs as j where j.finished_at is null and j.errors <> '[]'
+)
+select
+    j.queue_name,
+    count(*) filter (where j.status = 'completed' and j.finished_at >= now() - interval '1 hour'),
+    coalesce(sum((
+        select count(*) from jsonb_array_elements(j.errors) as x
+        where (x.value ->> 'at')::timestamptz >= now() - interval '1 hour'
+    )), 0)
+from j
+group by j.queue_name
+"""
+
+
 async def completed_last_hour(conn: psycopg.AsyncConnection) -> dict[str, tuple[int, int]]:
     """Per queue: (jobs completed, attempts failed) over the last 60 minutes, to the second."""
-    cur = await conn.execute(
-        """
-        with j as (
-            select j.queue_name, j.status, j.finished_at, j.errors
-            from openqueue.jobs as j where j.finished_at >= now() - interval '1 hour'
-            union all
-            select j.queue_name, j.status, j.finished_at, j.errors
-            from openqueue.jobs as j where j.finished_at is null and j.errors <> '[]'
-        )
-        select
-            j.queue_name,
-            count(*) filter (where j.status = 'completed' and j.finished_at >= now() - interval '1 hour'),
-            coalesce(sum((
-                select count(*) from jsonb_array_elements(j.errors) as x
-                where (x.value ->> 'at')::timestamptz >= now() - interval '1 hour'
-            )), 0)
-        from j
-        group by j.queue_name
-        """
-    )
+    cur = await conn.execute(_LAST_HOUR)
     return {queue: (int(done), int(failures)) for queue, done, failures in await cur.fetchall()}
