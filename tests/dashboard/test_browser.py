@@ -109,8 +109,24 @@ def _shot(page: Any, name: str) -> Path:
     return path
 
 
+def _history(client: Client, queue: str, count: int) -> None:
+    """``count`` jobs completed, their finish times spread over the last hour (for the chart)."""
+    client.enqueue_batch(queue, [{"n": i} for i in range(count)])
+    leased = client.lease_many(queue_name=queue, worker_id="seed", batch_size=count)
+    assert len(leased) == count
+    client.ack_many([job.job.id for job in leased], [job.lease_token for job in leased])
+    with client.connection() as conn:
+        conn.execute(
+            "update openqueue.jobs set finished_at = now() - mod(id, 59) * interval '1 minute' "
+            "- mod(id, 7) * interval '3 seconds' where queue_name = %s and status = 'completed' "
+            "and mod(id, 3) <> 0",
+            (queue,),
+        )
+
+
 def _seed(client: Client) -> dict[str, int]:
     """A few queues in the states an operator sees."""
+    _history(client, "reports", 240)
     for i in range(6):
         complete(client, "emails", result={"sent": i}, payload={"to": f"user{i}@example.com"})
     for i in range(4):
@@ -145,6 +161,7 @@ def test_counts_change_on_the_page_after_an_enqueue(dsn: str, client: Client, pa
         expect(page.locator("h1")).to_have_text("Queues")
         expect(_cell(page, "emails", "pending")).to_have_text("4")
         expect(page.locator(".chart")).to_be_visible()
+        expect(page.locator("#throughput")).to_contain_text("249 completed")
         _shot(page, "overview")
 
         for i in range(3):
@@ -192,3 +209,9 @@ def test_replay_a_dead_job_from_the_dead_letter_list(dsn: str, client: Client, p
         page.goto(dash.url + "/")
         expect(_cell(page, "billing", "dead")).to_have_text("1")
         expect(_cell(page, "billing", "pending")).to_have_text("1")
+
+        # The queue's own page, from its link.
+        page.locator('tr[data-queue="emails"] a').first.click()
+        page.wait_for_url("**/queues/emails")
+        expect(page.locator("tr[data-job]")).to_have_count(10)
+        _shot(page, "queue")
