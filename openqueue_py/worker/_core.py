@@ -68,6 +68,7 @@ class Core:
         handle_signals: bool,
         listen_dsn: str | None = None,
         prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD,
+        metrics_port: int | None = None,
     ) -> None:
         if not isinstance(dsn, str):
             raise WorkerError(f"the worker needs a DSN string, got {type(dsn).__name__}")
@@ -115,6 +116,10 @@ class Core:
         self.batch_size = min(batch_size or concurrency, self.capacity)
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.handle_signals = handle_signals
+        if metrics_port is not None and (type(metrics_port) is not int or not 0 <= metrics_port <= 65535):
+            raise WorkerError(f"metrics_port must be a port number (0-65535) or None, got {metrics_port!r}")
+        self.metrics_port = metrics_port
+        self.metrics: Any = None  # a metrics.WorkerMetrics while run() serves metrics_port
 
         # stop() may come from any thread, before or during run().
         self._stop_lock = threading.Lock()
@@ -150,6 +155,8 @@ class Core:
         loop = asyncio.get_running_loop()
         # Fail fast, in one line, on what no retry cures (see .startup).
         await startup.check(self.dsn, self.listen_dsn, self.prepare_threshold)
+        if self.metrics_port is not None:
+            self.metrics = _serve_metrics(self.metrics_port)
         # Jobs this worker holds a lease on and has not settled: waiting for a
         # slot, running, or (once finished) handed to the completer.
         self.inflight: dict[int, Run] = {}
@@ -209,6 +216,8 @@ class Core:
             await self.conns.close()
             if self._signals is not None:
                 self._signals.restore()
+            if self.metrics is not None:
+                self.metrics.stop_server()
             log(logging.INFO, "worker.stopped", worker_id=self.worker_id)
         if error is not None:
             raise error
@@ -244,6 +253,8 @@ class Core:
             return
         del self.inflight[run.job_id]
         duration = ended - run.started
+        if self.metrics is not None:
+            self.metrics.observe(run.job.queue_name, _outcome(run, failure), duration)
         if run.lost:
             log(
                 logging.WARNING,
@@ -339,3 +350,21 @@ class Core:
         """Sleep, but wake up at once when the worker is stopping."""
         with suppress(TimeoutError):
             await asyncio.wait_for(self._stop_event.wait(), timeout=seconds)
+
+
+def _outcome(run: Run, failure: BaseException | None) -> str:
+    return "lease_lost" if run.lost else "succeeded" if failure is None else "failed"
+
+
+def _serve_metrics(port: int) -> Any:
+    """A metrics.WorkerMetrics serving on port (prometheus_client is needed only then)."""
+    try:
+        from ..metrics import WorkerMetrics
+    except ImportError as exc:
+        raise WorkerError("metrics_port needs prometheus_client: pip install 'openqueue[dashboard]'") from exc
+    metrics = WorkerMetrics()
+    try:
+        metrics.start_server(port)
+    except OSError as exc:
+        raise WorkerError(f"metrics_port {port}: cannot listen: {exc.strerror or exc}") from exc
+    return metrics
