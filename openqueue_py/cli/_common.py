@@ -233,7 +233,7 @@ def console(*, stderr: bool = False) -> Any:
     """A rich Console on stdout (or stderr): the terminal's width, or no limit when piped."""
     from rich.console import Console
 
-    stream = click.get_text_stream("stderr" if stderr else "stdout")
+    stream = sys.stderr if stderr else sys.stdout
     is_tty = stream.isatty()
     width = shutil.get_terminal_size().columns if is_tty else _UNBOUNDED
     return Console(
