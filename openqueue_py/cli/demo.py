@@ -10,11 +10,10 @@ from ._common import EXIT_FAILED, console, fail, reported, verbose
 @click.command("demo")
 @click.option(
     "--dsn",
-    envvar="OPENQUEUE_DEMO_DSN",
     default=None,
     metavar="DSN",
     help="Run against this database (default: a throw-away embedded PostgreSQL). "
-    "The demo uses queues named demo.*.",
+    "The demo uses queues named demo.*; OPENQUEUE_DSN is not read.",
 )
 @click.option("--jobs", type=click.IntRange(min=20, max=200_000), default=3000, show_default=True)
 @click.option("--keep", is_flag=True, help="Keep the embedded PostgreSQL up after the demo, until Ctrl-C.")
