@@ -433,7 +433,7 @@ def worker_command(
     (run on an event loop); mixing the two is refused. Exit status 0 after
     a clean shutdown.
     """
-    from .worker import AsyncWorker, LogFormatter, Worker, _is_async_callable
+    from ..worker import AsyncWorker, LogFormatter, Worker, _is_async_callable
 
     # Like `python -m`, find handler modules in the current directory.
     if os.getcwd() not in sys.path and "" not in sys.path:
