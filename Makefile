@@ -6,13 +6,18 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint sql fmt bench bench-large bench-soak chaos clean docs
+.PHONY: test lint sql fmt bench bench-large bench-soak chaos clean docs demo
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+## demo: a live tour on an embedded PostgreSQL (DEMO_ARGS="--keep" keeps it up; "--dsn DSN" for your own)
+DEMO_ARGS ?=
+demo: $(STAMP)
+	$(BIN)/openqueue demo $(DEMO_ARGS)
 
 ## test: lint, then the whole test suite (embedded PostgreSQL unless OPENQUEUE_TEST_DSN is set)
 test: lint

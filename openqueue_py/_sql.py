@@ -548,3 +548,108 @@ def _required(args: dict[str, Any], *names: str) -> dict[str, Any]:
         if args[name] is None:
             raise InvalidArgument(f"{name} must not be None")
     return args
+
+
+# -- reading openqueue.jobs for operators (the CLI, the dashboard) ----------------------
+# Reads go through the view, column by column: lease_token is never selected.
+
+_JOB_STATES = tuple(state.value for state in JobState)
+
+
+def _job_records(rows: Rows) -> list[JobRecord]:
+    return [record for record in (_job_record([row]) for row in rows) if record is not None]
+
+
+def _job_filters(
+    queue_name: str | None,
+    status: str | None,
+    older_than: timedelta | None,
+    newer_than: timedelta | None,
+) -> tuple[list[str], dict[str, Any]]:
+    """WHERE clauses and parameters for the job filters shared by list_jobs and count_jobs."""
+    if status is not None and (not isinstance(status, str) or status not in _JOB_STATES):
+        raise InvalidArgument(f"status must be one of {', '.join(_JOB_STATES)}, got {status!r}")
+    for name, age in (("older_than", older_than), ("newer_than", newer_than)):
+        if _interval(age, name) is not None and age < timedelta(0):  # type: ignore[operator]
+            raise InvalidArgument(f"{name} must not be negative")
+    params = {
+        "queue_name": _text(queue_name, "queue_name"),
+        "status": status,
+        "older_than": older_than,
+        "newer_than": newer_than,
+    }
+    clauses = {
+        "queue_name": "queue_name = %(queue_name)s::text",
+        "status": "status = %(status)s::text",
+        "older_than": "created_at < now() - %(older_than)s::interval",
+        "newer_than": "created_at >= now() - %(newer_than)s::interval",
+    }
+    sent = {name: value for name, value in params.items() if value is not None}
+    return [clauses[name] for name in sent], sent
+
+
+def list_jobs(
+    queue_name: str | None,
+    status: str | None,
+    older_than: timedelta | None,
+    newer_than: timedelta | None,
+    limit: int | None,
+    offset: int,
+    after_id: int | None,
+) -> Call[list[JobRecord]]:
+    """Jobs from openqueue.jobs, newest first (highest id first).
+
+    ``older_than`` / ``newer_than`` compare ``created_at`` with now();
+    ``after_id`` pages by key: only jobs listed after that id (smaller ids).
+    ``limit`` None: every match.
+    """
+    where, params = _job_filters(queue_name, status, older_than, newer_than)
+    if _integer(limit, "limit") is not None and limit < 1:  # type: ignore[operator]
+        raise InvalidArgument("limit must be at least 1")
+    if _integer(offset, "offset") is None or offset < 0:
+        raise InvalidArgument("offset must be an int of at least 0")
+    if _integer(after_id, "after_id") is not None:
+        where.append("id < %(after_id)s::bigint")
+        params["after_id"] = after_id
+    query = f"select {_JOB_COLUMNS} from openqueue.jobs"
+    if where:
+        query += " where " + " and ".join(where)
+    query += " order by id desc"
+    if limit is not None:
+        query += " limit %(limit)s::bigint"
+        params["limit"] = limit
+    if offset:
+        query += " offset %(offset)s::bigint"
+        params["offset"] = offset
+    return Call(query, params, _job_records)
+
+
+def count_jobs(
+    queue_name: str | None,
+    status: str | None,
+    older_than: timedelta | None,
+    newer_than: timedelta | None,
+) -> Call[int]:
+    """How many jobs of openqueue.jobs match the filters of :func:`list_jobs`."""
+    where, params = _job_filters(queue_name, status, older_than, newer_than)
+    query = "select count(*) from openqueue.jobs"
+    if where:
+        query += " where " + " and ".join(where)
+    return Call(query, params, _scalar)
+
+
+def replay_many(job_ids: Sequence[int]) -> Call[list[int]]:
+    """oq_replay for each id, in one statement: the ids it replayed, in the order given."""
+    ids = _list(job_ids, "job_ids")
+    if ids is None:
+        raise InvalidArgument("job_ids must not be None")
+    checked = [_integer(i, "job_ids[]") for i in ids]
+    if any(i is None for i in checked):
+        raise InvalidArgument("job_ids[] must not contain None")
+    query = (
+        "with replayed as materialized ("
+        " select u.id, u.position, openqueue.oq_replay(job_id => u.id) as done"
+        " from unnest(%(job_ids)s::bigint[]) with ordinality as u (id, position))"
+        " select r.id from replayed as r where r.done order by r.position"
+    )
+    return Call(query, {"job_ids": checked}, _column)

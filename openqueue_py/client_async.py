@@ -318,3 +318,42 @@ class AsyncClient:
 
     async def get_job(self, job_id: int, *, conn: psycopg.AsyncConnection | None = None) -> JobRecord | None:
         return await self._run(_sql.get_job(job_id), conn)
+
+    async def list_jobs(
+        self,
+        queue_name: str | None = None,
+        status: str | None = None,
+        older_than: timedelta | None = None,
+        newer_than: timedelta | None = None,
+        limit: int | None = 50,
+        offset: int = 0,
+        after_id: int | None = None,
+        *,
+        conn: psycopg.AsyncConnection | None = None,
+    ) -> list[JobRecord]:
+        """Rows of ``openqueue.jobs``, newest first, filtered and paged (never the lease token).
+
+        ``status``: a state name; ``older_than`` / ``newer_than``: the job's
+        age (``created_at``) compared with now(); ``limit`` None: every match;
+        ``after_id``: keyset paging, only jobs listed after that id (smaller ids).
+        """
+        call = _sql.list_jobs(queue_name, status, older_than, newer_than, limit, offset, after_id)
+        return await self._run(call, conn)
+
+    async def count_jobs(
+        self,
+        queue_name: str | None = None,
+        status: str | None = None,
+        older_than: timedelta | None = None,
+        newer_than: timedelta | None = None,
+        *,
+        conn: psycopg.AsyncConnection | None = None,
+    ) -> int:
+        """How many jobs :meth:`list_jobs` would return with no limit."""
+        return await self._run(_sql.count_jobs(queue_name, status, older_than, newer_than), conn)
+
+    async def replay_many(
+        self, job_ids: Sequence[int], *, conn: psycopg.AsyncConnection | None = None
+    ) -> list[int]:
+        """``oq_replay`` for each id in one statement; the ids replayed (those dead or cancelled)."""
+        return await self._run(_sql.replay_many(job_ids), conn)
