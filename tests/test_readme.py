@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import re
+import shlex
+import signal
+import socket
 import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import psycopg
@@ -86,3 +92,74 @@ def test_readme_psql_session_runs_in_psql(pg_server, dsn: str) -> None:
     enqueued, leased, acked, stats = done.stdout.splitlines()
     assert (enqueued, acked, stats) == ("1", "t", "emails|0|0|1")
     assert re.fullmatch(r"leased job 1, attempt 1, token [0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}", leased)
+
+
+def _command_line_block() -> list[str]:
+    """The lines of the README's "The command line" block, comments stripped."""
+    block = re.search(r"## The command line\n.*?```sh\n(.*?)```", README.read_text(), re.S)
+    assert block, "README.md has no command-line block"
+    return [line.split("  #")[0].strip() for line in block[1].splitlines() if line.strip()]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for(predicate, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def _dashboard_answers(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as page:
+            return page.status == 200 and "send_email" in page.read().decode()
+    except OSError:
+        return False
+
+
+def test_readme_command_line_block_runs(dsn: str, conn: psycopg.Connection) -> None:
+    """Every line of the README's command-line block runs as written, in order, against
+    a test database; the worker and the dashboard, which run until stopped, are started,
+    seen working, and stopped with SIGTERM."""
+    lines = _command_line_block()
+    assert [shlex.split(line)[1] for line in lines] == [
+        "install", "enqueue", "stats", "jobs", "jobs", "dead", "dead", "purge", "worker", "dashboard",
+    ]  # fmt: skip
+    openqueue = str(Path(sys.executable).with_name("openqueue"))
+    for line in lines:
+        argv = [openqueue if word == "openqueue" else word for word in shlex.split(line.replace("$DSN", dsn))]
+        if argv[1] == "worker":
+            with subprocess.Popen(argv, cwd=README.parent, stderr=subprocess.PIPE, text=True) as worker:
+                try:
+                    _wait_for(
+                        lambda: (
+                            conn.execute("select status from openqueue.jobs where id = 1").fetchone()
+                            == ("completed",)
+                        ),
+                        "the worker to complete job 1",
+                    )
+                finally:
+                    worker.send_signal(signal.SIGTERM)
+                    _, err = worker.communicate(timeout=60)
+            assert worker.returncode == 0, err
+        elif argv[1] == "dashboard":
+            port = _free_port()
+            argv[argv.index("--port") + 1] = str(port)
+            with subprocess.Popen(argv, stderr=subprocess.PIPE, text=True) as dashboard:
+                try:
+                    _wait_for(lambda port=port: _dashboard_answers(port), "the dashboard to answer")
+                finally:
+                    dashboard.send_signal(signal.SIGTERM)
+                    dashboard.communicate(timeout=60)
+        else:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
+            if argv[1] == "enqueue":
+                assert done.stdout.strip() == "1"
+            if argv[1:3] == ["jobs", "show"]:
+                assert "ada@example.com" in done.stdout

@@ -406,6 +406,12 @@ def _worker_handlers(queue_specs: tuple[str, ...], app: str | None) -> dict[str,
     help="Never prepare statements (PgBouncer before 1.21 in transaction pooling mode).",
 )
 @click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    default=None,
+    help="Serve this worker's Prometheus metrics (handler durations, jobs processed) on this port.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     default="INFO",
@@ -427,6 +433,7 @@ def worker_command(
     listen_dsn: str | None,
     prepare_threshold: int,
     no_prepare: bool,
+    metrics_port: int | None,
     log_level: str,
 ) -> None:
     """Run handlers for queues until SIGTERM or SIGINT (a second one exits at once, status 128+signal).
@@ -466,6 +473,7 @@ def worker_command(
         "worker_id": worker_id,
         "listen_dsn": listen_dsn,
         "prepare_threshold": None if no_prepare else prepare_threshold,
+        "metrics_port": metrics_port,
     }
     # A second signal reaches these (the worker restores them): exit at once
     # with 128 + the signal's number (130 for SIGINT's KeyboardInterrupt).
