@@ -51,6 +51,7 @@ class _Face:
         handle_signals: bool = True,
         listen_dsn: str | None = None,
         prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD,
+        tick_interval: float = 1.0,
     ) -> None:
         """Configure the worker; nothing connects before run().
 
@@ -95,6 +96,9 @@ class _Face:
         on a connection before psycopg prepares it on the server; None never
         prepares, which a pooler without prepared-statement support (PgBouncer
         before 1.21 in transaction mode) needs. Applies to ``dsn`` only.
+        ``tick_interval`` (1.0 s; 0: never): how often ``oq_tick()`` fires due
+        recurring schedules; one worker at a time does it (an advisory lock),
+        and concurrent calls are safe anyway.
 
         Raises :class:`WorkerError` for a configuration that cannot work.
         """
@@ -118,6 +122,7 @@ class _Face:
             handle_signals=handle_signals,
             listen_dsn=listen_dsn,
             prepare_threshold=prepare_threshold,
+            tick_interval=tick_interval,
         )
 
     def _check_handler(self, queue: str, handler: Callable[..., Any]) -> None:
