@@ -7,8 +7,10 @@ next_run_at in the internal table; nothing sleeps.
 
 from __future__ import annotations
 
+import re
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -468,3 +470,25 @@ def test_bad_arguments_of_the_other_functions(conn, sql, sqlstate, argument):
         conn.execute(sql)
     assert caught.value.sqlstate == sqlstate
     assert argument in caught.value.diag.message_primary
+
+
+# -- the README's psql example ----------------------------------------------------------------
+
+
+def _readme_schedule_sql() -> list[str]:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("\n## Schedules\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```sql\n(.*?)```", section, re.S)
+
+
+def test_readme_schedules_psql_example_runs_in_psql(psql, tmp_path, conn):
+    blocks = _readme_schedule_sql()
+    assert len(blocks) == 2 and "cron.schedule(" in blocks[1]  # pg_cron's is not installed here
+    script = tmp_path / "schedules.sql"
+    script.write_text("set timezone = 'UTC';\n" + blocks[0])
+    lines = psql(None, "-f", str(script)).stdout.splitlines()
+    assert "2024-04-01 00:30:00+00" in lines
+    assert lines[-1] == "t"  # oq_unschedule
+    assert conn.execute("select schedule_name, timezone from openqueue.schedules").fetchall() == [
+        ("nightly-report", "Europe/Berlin")
+    ]
