@@ -471,6 +471,10 @@ def cron_next(cron: str, after: datetime, timezone: str | None) -> Call[datetime
         "after": _timestamp(after, "after"),
         "timezone": _text(timezone, "timezone"),
     }
+    if after is not None and not 2 <= after.year < 9990:
+        # The answer may lie up to eight years after it (a leap day): beyond the years
+        # a datetime can hold, psycopg could not read it back.
+        raise InvalidArgument("after must be between the years 2 and 9989 (a datetime holds years 1 to 9999)")
     return _call("oq_cron_next", _required(args, "cron", "after"), _scalar)
 
 

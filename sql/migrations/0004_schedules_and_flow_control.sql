@@ -109,7 +109,10 @@ begin
     if not v_known then
         perform openqueue._raise_invalid(
             'timezone',
-            format('%L is not a known IANA time zone name (see pg_timezone_names)', _check_timezone.timezone)
+            format(
+                '%L is not a known IANA time zone name (see pg_timezone_names)',
+                left(_check_timezone.timezone, 100)
+            )
         );
     end if;
 end;
@@ -168,11 +171,12 @@ begin
                 v_to := _cron_field.upper_bound;
             elsif v_range ~ '^[0-9]+$' and v_step_text is null then
                 -- a bare number with a step (5/15) is no form of the contract's
-                v_from := v_range;
+                -- more than nine digits: out of range all the same (and no numeric overflow)
+                v_from := (case when length(ltrim(v_range, '0')) > 9 then 999999999 else v_range::numeric end);
                 v_to := v_from;
             elsif v_range ~ '^[0-9]+-[0-9]+$' then
-                v_from := split_part(v_range, '-', 1);
-                v_to := split_part(v_range, '-', 2);
+                v_from := (case when length(ltrim(split_part(v_range, '-', 1), '0')) > 9 then 999999999 else split_part(v_range, '-', 1)::numeric end);
+                v_to := (case when length(ltrim(split_part(v_range, '-', 2), '0')) > 9 then 999999999 else split_part(v_range, '-', 2)::numeric end);
             end if;
         end if;
         if v_from is null then
@@ -180,18 +184,18 @@ begin
                 'cron',
                 format(
                     '%L is not a valid cron expression: %s field item %L is not *, n, a-b, */n or a-b/n',
-                    _cron_field.cron, _cron_field.field_name, v_item
+                    left(_cron_field.cron, 100), _cron_field.field_name, left(v_item, 20)
                 )
             );
         end if;
-        v_step := coalesce(v_step_text::numeric, 1);
+        v_step := coalesce((case when length(ltrim(v_step_text, '0')) > 9 then 999999999 else v_step_text::numeric end), 1);
         if v_from < _cron_field.lower_bound or v_to > _cron_field.upper_bound or v_from > v_to or v_step < 1 then
             perform openqueue._raise_invalid(
                 'cron',
                 format(
                     '%L is not a valid cron expression: %s field item %L is outside %s-%s, '
                     'a descending range or a zero step',
-                    _cron_field.cron, _cron_field.field_name, v_item,
+                    left(_cron_field.cron, 100), _cron_field.field_name, left(v_item, 20),
                     _cron_field.lower_bound, _cron_field.upper_bound
                 )
             );
@@ -263,7 +267,7 @@ begin
                 '%L is not a valid cron expression: it needs five fields '
                 '(minute hour day-of-month month day-of-week) or a macro '
                 '(@hourly, @daily, @weekly, @monthly, @yearly)',
-                _cron_parse.cron
+                left(_cron_parse.cron, 100)
             )
         );
     end if;
@@ -286,7 +290,10 @@ begin
         if days[1] > v_longest then
             perform openqueue._raise_invalid(
                 'cron',
-                format('%L is not a valid cron expression: no month it names has such a day', _cron_parse.cron)
+                format(
+                    '%L is not a valid cron expression: no month it names has such a day',
+                    left(_cron_parse.cron, 100)
+                )
             );
         end if;
     end if;
@@ -421,8 +428,13 @@ begin
     if oq_cron_next.after is null then
         perform openqueue._raise_null('after');
     end if;
-    if not isfinite(oq_cron_next.after) then
-        perform openqueue._raise_invalid('after', 'must be a finite timestamp');
+    -- The answer may lie eight years after "after" (a leap day); within these
+    -- bounds it is a year 1 to 9999 date, which every client's types can hold.
+    if oq_cron_next.after < timestamptz '0001-01-01 00:00+00'
+       or oq_cron_next.after >= timestamptz '9990-01-01 00:00+00' then
+        perform openqueue._raise_invalid(
+            'after', format('must be between 0001-01-01 and 9989-12-31 UTC, got %s', oq_cron_next.after)
+        );
     end if;
     perform openqueue._check_timezone(v_timezone);
     v_spec := openqueue._cron_parse(oq_cron_next.cron);
@@ -443,7 +455,7 @@ comment on function openqueue.oq_cron_next(text, timestamptz, text) is
 'either matches. A wall time that does not exist (spring forward) is skipped; '
 'one that occurs twice (fall back) fires at its first occurrence only. Errors: '
 '22004 for a NULL cron or after; 22023 naming the argument for a malformed or '
-'never-matching cron, an infinite after, an unknown timezone.';
+'never-matching cron, an after outside the years 1 to 9989 (UTC), an unknown timezone.';
 
 -- The schedule's slot due at as_of: the latest slot <= as_of, never one
 -- before next_run_at. Sparse expressions after a long downtime would take

@@ -460,6 +460,8 @@ def test_zone_names_are_accepted(conn, timezone):
         ("select openqueue.oq_cron_next('* * * * *', null)", "22004", "after"),
         ("select openqueue.oq_cron_next('* * * * *', 'infinity')", "22023", "after"),
         ("select openqueue.oq_cron_next('* * * * *', '-infinity', 'UTC')", "22023", "after"),
+        ("select openqueue.oq_cron_next('* * * * *', '0001-12-31 BC')", "22023", "after"),
+        ("select openqueue.oq_cron_next('* * * * *', '9990-01-01 00:00+00')", "22023", "after"),
         ("select openqueue.oq_unschedule(null)", "22004", "schedule_name"),
         ("select openqueue.oq_unschedule('')", "22023", "schedule_name"),
         ("select openqueue.oq_tick('infinity')", "22023", "as_of"),
