@@ -426,6 +426,63 @@ def get_job(job_id: int) -> Call[JobRecord | None]:
     )
 
 
+# -- recurring schedules (contract sections 7 and 9) -----------------------------------
+
+_TYPES.update(
+    {
+        "schedule_name": "text",
+        "cron": "text",
+        "timezone": "text",
+        "after": "timestamptz",
+        "as_of": "timestamptz",
+    }
+)
+
+
+def schedule(
+    schedule_name: str,
+    cron: str,
+    queue_name: str,
+    payload: Any,
+    priority: int | None,
+    max_attempts: int | None,
+    timezone: str | None,
+) -> Call[None]:
+    args = {
+        "schedule_name": _text(schedule_name, "schedule_name"),
+        "cron": _text(cron, "cron"),
+        "queue_name": _text(queue_name, "queue_name"),
+        "payload": _json(payload, "payload"),
+        "priority": _integer(priority, "priority"),
+        "max_attempts": _integer(max_attempts, "max_attempts"),
+        "timezone": _text(timezone, "timezone"),
+    }
+    required = _required(args, "schedule_name", "cron", "queue_name")
+    return _call("oq_schedule", required, lambda rows: None)
+
+
+def unschedule(schedule_name: str) -> Call[bool]:
+    args = {"schedule_name": _text(schedule_name, "schedule_name")}
+    return _call("oq_unschedule", _required(args, "schedule_name"), _scalar)
+
+
+def cron_next(cron: str, after: datetime, timezone: str | None) -> Call[datetime]:
+    args = {
+        "cron": _text(cron, "cron"),
+        "after": _timestamp(after, "after"),
+        "timezone": _text(timezone, "timezone"),
+    }
+    if after is not None and not 2 <= after.year < 9990:
+        # The answer may lie up to eight years after it (a leap day): beyond the years
+        # a datetime can hold, psycopg could not read it back.
+        raise InvalidArgument("after must be between the years 2 and 9989 (a datetime holds years 1 to 9999)")
+    return _call("oq_cron_next", _required(args, "cron", "after"), _scalar)
+
+
+def tick(as_of: datetime | None) -> Call[int]:
+    return _call("oq_tick", {"as_of": _timestamp(as_of, "as_of")}, _scalar)
+
+
 # -- the worker runtime's own statements ------------------------------------------------
 # Each wraps a contract function so that the database, not the worker's clock,
 # says how much time is left: intervals come back as seconds (float) computed
@@ -653,3 +710,22 @@ def replay_many(job_ids: Sequence[int]) -> Call[list[int]]:
         " select r.id from replayed as r where r.done order by r.position"
     )
     return Call(query, {"job_ids": checked}, _column)
+
+
+# Any constant: the same for every worker, different from the reaper's.
+TICK_LOCK_KEY = "openqueue.tick"
+
+
+def tick_exclusive() -> Call[int | None]:
+    """oq_tick() unless another worker is ticking right now (then NULL, nothing done).
+
+    As with :func:`reap_exclusive`, the transaction-level advisory lock lasts
+    this one autocommit statement: one ticker at a time and nobody waits.
+    oq_tick is safe concurrently anyway; the lock only spares the others the work.
+    """
+    return Call(
+        "select case when pg_try_advisory_xact_lock(hashtextextended(%(key)s, 0))"
+        " then openqueue.oq_tick() end",
+        {"key": TICK_LOCK_KEY},
+        _scalar,
+    )

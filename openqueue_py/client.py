@@ -358,3 +358,38 @@ class Client:
     def replay_many(self, job_ids: Sequence[int], *, conn: psycopg.Connection | None = None) -> list[int]:
         """``oq_replay`` for each id in one statement; the ids replayed (those dead or cancelled)."""
         return self._run(_sql.replay_many(job_ids), conn)
+
+    def schedule(
+        self,
+        schedule_name: str,
+        cron: str,
+        queue_name: str,
+        payload: Any = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        timezone: str | None = None,
+        *,
+        conn: psycopg.Connection | None = None,
+    ) -> None:
+        """Create or replace a recurring schedule (``oq_schedule``); None: the SQL default."""
+        call = _sql.schedule(schedule_name, cron, queue_name, payload, priority, max_attempts, timezone)
+        self._run(call, conn)
+
+    def unschedule(self, schedule_name: str, *, conn: psycopg.Connection | None = None) -> bool:
+        """Delete a schedule (``oq_unschedule``); False when there is none."""
+        return self._run(_sql.unschedule(schedule_name), conn)
+
+    def cron_next(
+        self,
+        cron: str,
+        after: datetime,
+        timezone: str | None = None,
+        *,
+        conn: psycopg.Connection | None = None,
+    ) -> datetime:
+        """The first slot of cron strictly after ``after``, read in timezone (``oq_cron_next``)."""
+        return self._run(_sql.cron_next(cron, after, timezone), conn)
+
+    def tick(self, as_of: datetime | None = None, *, conn: psycopg.Connection | None = None) -> int:
+        """Fire the schedules due at as_of (None: now); the number of jobs enqueued (``oq_tick``)."""
+        return self._run(_sql.tick(as_of), conn)

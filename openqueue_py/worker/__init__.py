@@ -52,6 +52,7 @@ class _Face:
         listen_dsn: str | None = None,
         prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD,
         metrics_port: int | None = None,
+        tick_interval: float = 1.0,
     ) -> None:
         """Configure the worker; nothing connects before run().
 
@@ -101,6 +102,9 @@ class _Face:
         port, see :attr:`metrics_port`): handler durations as a histogram and
         jobs processed, by queue and outcome (:mod:`openqueue_py.metrics`;
         needs the ``dashboard`` extra).
+        ``tick_interval`` (1.0 s; 0: never): how often ``oq_tick()`` fires due
+        recurring schedules; one worker at a time does it (an advisory lock),
+        and concurrent calls are safe anyway.
 
         Raises :class:`WorkerError` for a configuration that cannot work.
         """
@@ -125,6 +129,7 @@ class _Face:
             listen_dsn=listen_dsn,
             prepare_threshold=prepare_threshold,
             metrics_port=metrics_port,
+            tick_interval=tick_interval,
         )
 
     def _check_handler(self, queue: str, handler: Callable[..., Any]) -> None:

@@ -7,7 +7,7 @@ The parts, each in its own module:
 * :mod:`.completer`: acks in batches (``oq_ack_many``), nacks per job.
 * :mod:`.heartbeat`: one loop extending every held lease.
 * :mod:`.listener`: the LISTEN connection.
-* :mod:`.maintenance`: ``oq_reap()``, one worker at a time.
+* :mod:`.maintenance`: ``oq_reap()`` and ``oq_tick()``, one worker at a time.
 * :mod:`.signals`: SIGTERM / SIGINT.
 
 Every decision about a job (which one is due, whether a lease is still held,
@@ -41,7 +41,7 @@ from .heartbeat import Heartbeat, beat_every
 from .jobs import Run
 from .listener import listen_loop
 from .logging import log
-from .maintenance import reap_loop
+from .maintenance import reap_loop, tick_loop
 
 # How long finished jobs may wait for their batched ack when the batch does not fill.
 FLUSH_INTERVAL = 0.005
@@ -69,6 +69,7 @@ class Core:
         listen_dsn: str | None = None,
         prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD,
         metrics_port: int | None = None,
+        tick_interval: float = 1.0,
     ) -> None:
         if not isinstance(dsn, str):
             raise WorkerError(f"the worker needs a DSN string, got {type(dsn).__name__}")
@@ -98,6 +99,10 @@ class Core:
             raise WorkerError("poll_interval must be > 0")
         if reap_interval is not None and (not isinstance(reap_interval, int | float) or reap_interval <= 0):
             raise WorkerError(f"reap_interval must be > 0 seconds or None, got {reap_interval!r}")
+        if isinstance(tick_interval, bool) or not isinstance(tick_interval, int | float) or tick_interval < 0:
+            raise WorkerError(
+                f"tick_interval must be a number of seconds >= 0 (0: off), got {tick_interval!r}"
+            )
 
         self.dsn = dsn
         self.listen_dsn = listen_dsn or dsn
@@ -113,6 +118,7 @@ class Core:
         self.lease_seconds = lease_seconds
         self.grace_period = float(grace_period)
         self.reap_interval = reap_interval
+        self.tick_interval = float(tick_interval)
         self.batch_size = min(batch_size or concurrency, self.capacity)
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.handle_signals = handle_signals
@@ -161,9 +167,9 @@ class Core:
         # slot, running, or (once finished) handed to the completer.
         self.inflight: dict[int, Run] = {}
         self.fetcher = Fetcher(self)
-        # The lease calls, plus the completer, the heartbeat, the reaper and a nack or two.
+        # The lease calls, plus the completer, the heartbeat, the reaper, the ticker and a nack or two.
         self.conns = Connections(
-            self.dsn, max_size=self.fetcher.max_calls + 4, prepare_threshold=self.prepare_threshold
+            self.dsn, max_size=self.fetcher.max_calls + 5, prepare_threshold=self.prepare_threshold
         )
         self.heartbeat = Heartbeat(self)
         self.completer = Completer(
@@ -190,6 +196,8 @@ class Core:
         ]
         if self.reap_interval is not None:
             background.append(asyncio.create_task(reap_loop(self, self.reap_interval), name="openqueue-reap"))
+        if self.tick_interval > 0:
+            background.append(asyncio.create_task(tick_loop(self, self.tick_interval), name="openqueue-tick"))
         fetch_task = asyncio.create_task(self.fetcher.loop(), name="openqueue-fetch")
         self._fetch_task = fetch_task
         with self._stop_lock:

@@ -31,6 +31,9 @@ WORKER = {
     "oq_wait",
     "oq_schema_version",
     "oq_settled",
+    # contract section 7: workers fire schedules
+    "oq_tick",
+    "oq_cron_next",
 }
 
 

@@ -162,6 +162,35 @@ SCENARIO: list[tuple[str, str]] = [
         "from openqueue.queues left join openqueue.queue_limits using (queue_name) order by 1",
     ),
     ("keys", "select queue_name, idempotency_key, job_id from openqueue.idempotency_keys order by 1, 2"),
+    # Contract section 7, after the listings above: slots are absolute times
+    # (aligned to the clock, not to now()), shown as text.
+    (
+        "schedule",
+        "select openqueue.oq_schedule('sch', '*/5 * * * 1-5', 'sq', '{\"s\": 1}', 3, 2, 'Europe/Berlin')",
+    ),
+    ("schedule bad cron", "select openqueue.oq_schedule('sch2', '61 * * * *', 'sq')"),
+    ("schedule bad timezone", "select openqueue.oq_schedule('sch2', '* * * * *', 'sq', timezone => 'XYZ5')"),
+    ("schedule bad name", "select openqueue.oq_schedule('bad name', '* * * * *', 'sq')"),
+    (
+        "cron next",
+        "select openqueue.oq_cron_next('30 2 * * *', '2024-10-26 12:00+00', 'Europe/Berlin')::text, "
+        "openqueue.oq_cron_next('30 2 * * *', '2024-03-30 12:00+00', 'Europe/Berlin')::text, "
+        "openqueue.oq_cron_next('0 0 13 * 5', '2024-09-01 00:00+00')::text",
+    ),
+    ("tick", "select openqueue.oq_tick('2100-01-01 00:00+00')"),
+    ("tick again", "select openqueue.oq_tick('2100-01-01 00:00+00')"),
+    (
+        "schedules",
+        "select schedule_name, cron, queue_name, payload, priority, max_attempts, timezone, "
+        "next_run_at::text, last_run_at::text from openqueue.schedules",
+    ),
+    (
+        "schedule jobs",
+        "select queue_name, payload, priority, max_attempts, run_at::text, idempotency_key, status "
+        "from openqueue.jobs where queue_name operator(pg_catalog.=) 'sq'",
+    ),
+    ("unschedule", "select openqueue.oq_unschedule('sch')"),
+    ("unschedule unknown", "select openqueue.oq_unschedule('sch')"),
 ]
 
 _counter = iter(range(10**6))

@@ -28,6 +28,7 @@ FUNCTIONS = [
     "oq_ack_many",
     "oq_cancel",
     "oq_configure_queue",
+    "oq_cron_next",
     "oq_enqueue",
     "oq_enqueue_batch",
     "oq_health",
@@ -39,11 +40,14 @@ FUNCTIONS = [
     "oq_purge_batch",
     "oq_reap",
     "oq_replay",
+    "oq_schedule",
     "oq_schema_version",
     "oq_set_queue_max_payload",
     "oq_set_queue_notify",
     "oq_settled",
     "oq_stats",
+    "oq_tick",
+    "oq_unschedule",
     "oq_wait",
 ]
 
@@ -189,6 +193,12 @@ SENSIBLE: dict[str, list[Any]] = {
     "job_ids": [[1, 2]],
     "lease_tokens": [[str(uuid.UUID(int=1)), str(uuid.UUID(int=2))]],
     "results": [None, ["{}", None]],
+    # contract section 7
+    "schedule_name": ["s", "s2"],
+    "cron": ["* * * * *", "0 2 * * 1-5", "@daily"],
+    "timezone": ["UTC", "Europe/Berlin"],
+    "after": ["now", "2024-01-01 00:00+00"],
+    "as_of": [None, "now"],
 }
 
 
