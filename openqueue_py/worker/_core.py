@@ -175,6 +175,7 @@ class Core:
         self.completer = Completer(
             self, flush_size=max(self.batch_size, self.concurrency), flush_interval=FLUSH_INTERVAL
         )
+        self.completer.lease_source = self.fetcher.ride_along  # one statement acks and refills
         self._idle = asyncio.Event()
         self._idle.set()
         self._stop_event = asyncio.Event()
