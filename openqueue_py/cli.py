@@ -186,12 +186,15 @@ def stats_command(dsn: str, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("queue", "pending", "processing", "failed", "completed", "dead", "cancelled", "oldest due")
+    table = Table(
+        "queue", "pending", "processing", "failed", "completed", "dead", "cancelled", "oldest due", "paused"
+    )
     for r in rows:
         table.add_row(
             r.queue_name,
             *(str(n) for n in (r.pending, r.processing, r.failed, r.completed, r.dead, r.cancelled)),
             r.oldest_due_at.isoformat(timespec="seconds") if r.oldest_due_at else "-",
+            "yes" if r.paused else "no",
         )
     Console().print(table)
 
