@@ -3838,7 +3838,6 @@ declare
     v_lease interval;
     v_paused boolean := false;
     v_limited boolean := false;
-    v_take integer := oq_lease.batch_size;
     v_flow record;
     v_leased integer;
 begin
@@ -3871,12 +3870,14 @@ begin
         v_lease := make_interval(secs => oq_lease.lease_seconds);
     end if;
 
+    -- Under limits, the lease may take fewer: batch_size becomes what it may
+    -- take, so that the claim below is the very query of version 2.
     if v_limited then
         v_flow := openqueue._flow_admit(oq_lease.queue_name, oq_lease.batch_size);
-        v_take := v_flow.allowed;
+        oq_lease.batch_size := v_flow.allowed;
     end if;
 
-    if v_take > 0 then
+    if oq_lease.batch_size > 0 then
         -- Jobs whose run_at has come join the lease index first; since that
         -- index is ordered by run_at within a priority, they take their exact
         -- place among the jobs that were due already. All of them, in chunks: a
@@ -3909,7 +3910,7 @@ begin
                   and c.due
                   and c.run_at <= now()
                 order by c.priority desc, c.run_at asc, c.id asc
-                limit v_take
+                limit oq_lease.batch_size
                 for update skip locked
             ))
             returning
@@ -3928,7 +3929,7 @@ begin
         -- Always written, even when nothing was leased: see _flow_admit on
         -- REPEATABLE READ.
         get diagnostics v_leased = row_count;
-        if v_take = 0 then
+        if oq_lease.batch_size = 0 then
             v_leased := 0;
         end if;
         update openqueue.queue_flow as f

@@ -62,7 +62,6 @@ def loaded(conn: psycopg.Connection) -> psycopg.Connection:
 def test_lease_is_an_index_scan_over_due_jobs(loaded: psycopg.Connection) -> None:
     query = _claim_query(loaded, "oq_lease(text,text,integer,integer)")
     query = query.replace("oq_lease.queue_name", "'emails'").replace("oq_lease.batch_size", "10")
-    query = query.replace("v_take", "10")  # version 4: batch_size, or fewer under limits
     with loaded.transaction():
         plan = _plan(loaded, query)
     assert "Index Scan using live_jobs_lease_order" in plan, plan
