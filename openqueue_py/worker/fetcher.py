@@ -24,6 +24,14 @@
   makes the protocol lose no wake-up. On a database that refuses ``oq_wait``
   (an older schema, a role without it) the worker carries on without it;
   such queues then wake it by polling only.
+* Flow control (``oq_set_queue_limits``): a lease that comes back short may
+  mean a queue held at ``max_running`` or its rate limit rather than a
+  drained one. If it brought jobs, or this worker still holds jobs of that
+  queue, the queue is retried after ``FLOW_RETRY_MIN`` (doubling while the
+  retries bring nothing, up to ``poll_interval``), or as soon as one of its
+  jobs held here finishes. A retry that brings nothing with no job of the
+  queue held here retries no more: notifications and the poll take over. So
+  lease calls are bounded by the jobs and a logarithmic ladder, never a loop.
 """
 
 from __future__ import annotations
@@ -54,6 +62,9 @@ MAX_LEASE_CALLS = 8
 # How long one oq_wait registration lasts; it is renewed after half of it.
 WAIT_SECONDS = 60
 
+# The first retry of a queue whose lease came back short (see the module docstring).
+FLOW_RETRY_MIN = 0.05
+
 
 def max_lease_calls(capacity: int, batch_size: int) -> int:
     return max(1, min(MAX_LEASE_CALLS, math.ceil(capacity / batch_size)))
@@ -80,6 +91,8 @@ class Fetcher:
         self._failure: BaseException | None = None
         self._succeeded = False
         self._wait_renew_at = 0.0  # monotonic; math.inf once oq_wait was refused
+        # Flow control: queue -> (retry at, delay, jobs of it held here when armed).
+        self._retry: dict[str, tuple[float, float, int]] = {}
 
     @property
     def max_calls(self) -> int:
@@ -167,6 +180,9 @@ class Fetcher:
             if self._timer_due is not None and now >= self._timer_due:
                 self.mark_all_ready()
                 self._timer_due = None
+            for queue, (retry_at, _delay, held) in self._retry.items():
+                if now >= retry_at or self._held(queue) < held:
+                    self._ready.add(queue)
 
             want = self._should_lease()
             while want > 0 and len(self._calls) < self._max_calls:
@@ -185,6 +201,9 @@ class Fetcher:
                 await self._check_schedule()
 
             deadline = min(self._poll_due, self._timer_due or self._poll_due)
+            for queue, (retry_at, _delay, _held) in self._retry.items():
+                if queue not in self._ready:
+                    deadline = min(deadline, retry_at)
             timeout = deadline - time.monotonic()
             if timeout > 0 and not core.stopping and not self._wake.is_set():
                 with suppress(TimeoutError):
@@ -242,6 +261,23 @@ class Fetcher:
             log(logging.DEBUG, "worker.leased", worker_id=core.worker_id, queue=queue, count=len(leased))
             for item, lease_left in leased:
                 core.dispatch(item, lease_left, sent_at)
+        self._flow_retry(queue, len(leased), want)
+
+    def _held(self, queue: str) -> int:
+        return sum(1 for run in self._core.inflight.values() if run.job.queue_name == queue)
+
+    def _flow_retry(self, queue: str, got: int, want: int) -> None:
+        """Arm or clear the retry of a queue that may be held back by its limits."""
+        previous = self._retry.pop(queue, None)
+        if got == want:
+            return
+        held = self._held(queue)
+        if not got and not held:
+            return
+        delay = FLOW_RETRY_MIN
+        if not got and previous is not None:
+            delay = min(previous[1] * 2, self._core.poll_interval)
+        self._retry[queue] = (time.monotonic() + delay, delay, held)
 
     async def _register_wait(self) -> None:
         """oq_wait for our queues, then one more lease round (see the module docstring)."""
