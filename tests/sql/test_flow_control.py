@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import random
-import re
 import threading
 from datetime import timedelta
 
 import psycopg
 import pytest
 
-import openqueue_py
-from openqueue_py.migrate import load_migrations, render_installer
+from openqueue_py.migrate import load_migrations
 
 from .helpers import (
     Background,
@@ -22,14 +20,12 @@ from .helpers import (
     expire_lease,
     heartbeat,
     lease,
-    lease_one,
     nack,
     reap,
     replay,
     stats,
     wait_until_blocked,
 )
-
 
 SENTINEL_NOTE = "--sentinel--"  # not a valid queue name, so never sent by OpenQueue
 
@@ -285,21 +281,6 @@ def test_repeatable_read_lease_fails_rather_than_counting_short(dsn, conn):
             lease(late, "q", batch_size=2)
 
 
-def test_max_running_is_enforced_for_every_role(dsn, conn):
-    """Limits live in oq_lease: a worker-role caller is held to them as the owner is."""
-    set_limits(conn, "q", max_running=1)
-    enqueue_batch(conn, "q", [1, 2])
-    role = f"flow_worker_{conn.info.backend_pid}"
-    conn.execute(f"create role {role} login in role openqueue_worker")
-    try:
-        with psycopg.connect(dsn, user=role, autocommit=True) as worker:
-            assert len(lease(worker, "q", batch_size=2)) == 1
-            assert lease(worker, "q", batch_size=2) == []
-    finally:
-        conn.execute(f"drop owned by {role}")
-        conn.execute(f"drop role {role}")
-
-
 # --- max_running under concurrency ----------------------------------------------------------
 
 LEASERS = 8
@@ -385,7 +366,8 @@ def test_rate_limit_bound_holds_over_every_window(dsn, conn):
                     (before,) = c.execute("select clock_timestamp()").fetchone()
                     rows = lease(c, "q", f"w{seed}", batch_size=rng.choice([1, 2, 4, 7, 20]))
                     (at, after) = c.execute(
-                        "select checked_at, clock_timestamp() from openqueue.queue_flow where queue_name = 'q'"
+                        "select checked_at, clock_timestamp() from openqueue.queue_flow"
+                        " where queue_name = 'q'"
                     ).fetchone()
                     c.commit()
                     with lock:
