@@ -25,13 +25,13 @@
   (an older schema, a role without it) the worker carries on without it;
   such queues then wake it by polling only.
 * Flow control (``oq_set_queue_limits``): a lease that comes back short may
-  mean a queue held at ``max_running`` or its rate limit rather than a
-  drained one. If it brought jobs, or this worker still holds jobs of that
-  queue, the queue is retried after ``FLOW_RETRY_MIN`` (doubling while the
-  retries bring nothing, up to ``poll_interval``), or as soon as one of its
-  jobs held here finishes. A retry that brings nothing with no job of the
-  queue held here retries no more: notifications and the poll take over. So
-  lease calls are bounded by the jobs and a logarithmic ladder, never a loop.
+  mean a queue held at ``max_running`` or at its rate limit rather than a
+  drained one. If it brought jobs, or this worker holds jobs of that queue,
+  the queue is retried after ``FLOW_RETRY_MIN``, doubling while the retries
+  bring nothing (up to ``poll_interval``), and at once when one of its jobs
+  held here finishes. Once the delay passes ``poll_interval`` with none of
+  its jobs held here, notifications and the poll take over. So the retries
+  after a short lease are a logarithmic ladder, never a loop.
 """
 
 from __future__ import annotations
@@ -272,11 +272,18 @@ class Fetcher:
         if got == want:
             return
         held = self._held(queue)
-        if not got and not held:
-            return
-        delay = FLOW_RETRY_MIN
-        if not got and previous is not None:
-            delay = min(previous[1] * 2, self._core.poll_interval)
+        poll = self._core.poll_interval
+        if got or (previous is not None and held < previous[2]):
+            delay = FLOW_RETRY_MIN  # it brought jobs, or one of its jobs just finished here
+        elif previous is not None:
+            delay = previous[1] * 2  # nothing: back off
+            if delay > poll and not held:
+                return  # the poll and notifications take over
+            delay = min(delay, poll)
+        elif held:
+            delay = FLOW_RETRY_MIN
+        else:
+            return  # drained, or held back by other workers' jobs: notifications and the poll
         self._retry[queue] = (time.monotonic() + delay, delay, held)
 
     async def _register_wait(self) -> None:
