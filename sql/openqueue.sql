@@ -3651,8 +3651,8 @@ begin
     perform openqueue._check_queue_name(oq_set_queue_limits.queue_name);
     perform openqueue._check_range('max_running', oq_set_queue_limits.max_running, 1, 2147483647);
     perform openqueue._check_range('rate_limit', oq_set_queue_limits.rate_limit, 1, 2147483647);
-    if v_period <= interval '0' then
-        perform openqueue._raise_invalid('rate_period', format('must be positive, got %s', v_period));
+    if v_period <= interval '0' or not isfinite(v_period) then
+        perform openqueue._raise_invalid('rate_period', format('must be positive and finite, got %s', v_period));
     end if;
     v_period_us := floor(extract(epoch from v_period) * 1000000);
 
