@@ -189,6 +189,9 @@ ARGUMENTS: dict[str, tuple[list[Any], st.SearchStrategy[Any]]] = {
     "older_than": ([timedelta(hours=1), timedelta(0)], timedeltas),
     "retry": ([True, False], st.booleans()),
     "include_dead": ([False, True], st.booleans()),
+    "max_running": ([None, 2], ints),
+    "rate_limit": ([None, 3], ints),
+    "rate_period": ([None, timedelta(seconds=1)], timedeltas),
 }
 
 

@@ -446,15 +446,16 @@ def _version_3_lease(conn) -> None:
 # What a call reads, per relation of the schema, from the statistics views:
 # scans and entries of every table and index, and the blocks of the relations
 # a lease only reads (the blocks where new row versions land vary from run to
-# run, the same way for both functions, so they are left out).
+# run, the same way for both functions, so they are left out; so are those of
+# the empty live_jobs_scheduled, whose one descent reads a varying 2 to 4
+# pages after vacuums, for both functions alike).
 _READS_SQL = """
 select 'table ' || s.relname, s.seq_scan, s.seq_tup_read, coalesce(s.idx_scan, 0),
        coalesce(s.idx_tup_fetch, 0), 0
 from pg_stat_user_tables as s where s.schemaname = 'openqueue'
 union all
 select 'index ' || s.indexrelname, s.idx_scan, s.idx_tup_read, s.idx_tup_fetch, 0,
-       case when s.indexrelname in ('live_jobs_lease_order', 'live_jobs_scheduled', 'queues_pkey',
-                                    'queue_flow_pkey')
+       case when s.indexrelname in ('live_jobs_lease_order', 'queues_pkey', 'queue_flow_pkey')
             then io.idx_blks_hit + io.idx_blks_read else 0 end
 from pg_stat_user_indexes as s
 join pg_statio_user_indexes as io using (indexrelid)
@@ -494,6 +495,9 @@ def _reads(conn, function: str, lease_seconds: str) -> dict:
 def test_an_unlimited_queue_reads_the_same_buffers_as_version_3(conn):
     """The same data, the same call: version 3's oq_lease and this one touch the same buffers."""
     _version_3_lease(conn)
+    # No autovacuum or autoanalyze reading these relations between two snapshots.
+    for table in ("live_jobs", "queues", "queue_flow", "queue_limits"):
+        conn.execute(f"alter table openqueue.{table} set (autovacuum_enabled = false)")
     conn.execute("select openqueue.oq_configure_queue('emails', lease_seconds => 45)")
     conn.execute(
         "select count(*) from openqueue.oq_enqueue_batch('emails', "
