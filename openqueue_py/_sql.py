@@ -65,6 +65,9 @@ _TYPES = {
     "mode": "text",
     "seconds": "integer",
     "attempt": "integer",
+    "max_running": "integer",
+    "rate_limit": "integer",
+    "rate_period": "interval",
 }
 
 
@@ -598,6 +601,39 @@ def next_run_in(queue_names: Sequence[str]) -> Call[float | None]:
         {"queue_names": list(queue_names)},
         _scalar,
     )
+
+
+# -- flow control (contract section 8) -----------------------------------------------------
+
+
+def pause_queue(queue_name: str) -> Call[bool]:
+    args = {"queue_name": _text(queue_name, "queue_name")}
+    return _call("oq_pause_queue", _required(args, "queue_name"), _scalar)
+
+
+def resume_queue(queue_name: str) -> Call[bool]:
+    args = {"queue_name": _text(queue_name, "queue_name")}
+    return _call("oq_resume_queue", _required(args, "queue_name"), _scalar)
+
+
+def set_queue_limits(
+    queue_name: str, max_running: int | None, rate_limit: int | None, rate_period: timedelta | None
+) -> Call[None]:
+    # max_running and rate_limit are always sent: NULL means "no limit", not "unchanged".
+    query = (
+        "select openqueue.oq_set_queue_limits(queue_name => %(queue_name)s::text,"
+        " max_running => %(max_running)s::integer, rate_limit => %(rate_limit)s::integer"
+    )
+    args = {
+        "queue_name": _text(queue_name, "queue_name"),
+        "max_running": _integer(max_running, "max_running"),
+        "rate_limit": _integer(rate_limit, "rate_limit"),
+    }
+    _required(args, "queue_name")
+    if rate_period is not None:
+        args["rate_period"] = _interval(rate_period, "rate_period")
+        query += ", rate_period => %(rate_period)s::interval"
+    return Call(query + ")", args, lambda rows: None)
 
 
 def _required(args: dict[str, Any], *names: str) -> dict[str, Any]:

@@ -393,3 +393,25 @@ class Client:
     def tick(self, as_of: datetime | None = None, *, conn: psycopg.Connection | None = None) -> int:
         """Fire the schedules due at as_of (None: now); the number of jobs enqueued (``oq_tick``)."""
         return self._run(_sql.tick(as_of), conn)
+
+    # -- flow control (contract section 8) --
+
+    def pause_queue(self, queue_name: str, *, conn: psycopg.Connection | None = None) -> bool:
+        """Pause queue_name: leases return nothing until resume_queue. True when it was not paused."""
+        return self._run(_sql.pause_queue(queue_name), conn)
+
+    def resume_queue(self, queue_name: str, *, conn: psycopg.Connection | None = None) -> bool:
+        """Resume queue_name (and wake its workers). True when it was paused."""
+        return self._run(_sql.resume_queue(queue_name), conn)
+
+    def set_queue_limits(
+        self,
+        queue_name: str,
+        max_running: int | None = None,
+        rate_limit: int | None = None,
+        rate_period: timedelta | None = None,
+        *,
+        conn: psycopg.Connection | None = None,
+    ) -> None:
+        """Set both limits exactly (None: no limit); rate_period None: 1 second."""
+        self._run(_sql.set_queue_limits(queue_name, max_running, rate_limit, rate_period), conn)

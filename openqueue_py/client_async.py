@@ -394,3 +394,25 @@ class AsyncClient:
     ) -> int:
         """Fire the schedules due at as_of (None: now); the number of jobs enqueued (``oq_tick``)."""
         return await self._run(_sql.tick(as_of), conn)
+
+    # -- flow control (contract section 8) --
+
+    async def pause_queue(self, queue_name: str, *, conn: psycopg.AsyncConnection | None = None) -> bool:
+        """Pause queue_name: leases return nothing until resume_queue. True when it was not paused."""
+        return await self._run(_sql.pause_queue(queue_name), conn)
+
+    async def resume_queue(self, queue_name: str, *, conn: psycopg.AsyncConnection | None = None) -> bool:
+        """Resume queue_name (and wake its workers). True when it was paused."""
+        return await self._run(_sql.resume_queue(queue_name), conn)
+
+    async def set_queue_limits(
+        self,
+        queue_name: str,
+        max_running: int | None = None,
+        rate_limit: int | None = None,
+        rate_period: timedelta | None = None,
+        *,
+        conn: psycopg.AsyncConnection | None = None,
+    ) -> None:
+        """Set both limits exactly (None: no limit); rate_period None: 1 second."""
+        await self._run(_sql.set_queue_limits(queue_name, max_running, rate_limit, rate_period), conn)

@@ -190,6 +190,7 @@ class QueueStats:
     dead: int
     cancelled: int
     oldest_due_at: datetime | None
+    paused: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,14 @@
   makes the protocol lose no wake-up. On a database that refuses ``oq_wait``
   (an older schema, a role without it) the worker carries on without it;
   such queues then wake it by polling only.
+* Flow control (``oq_set_queue_limits``): a lease that comes back short may
+  mean a queue held at ``max_running`` or at its rate limit rather than a
+  drained one. If it brought jobs, or this worker holds jobs of that queue,
+  the queue is retried after ``FLOW_RETRY_MIN``, doubling while the retries
+  bring nothing (up to ``poll_interval``), and at once when one of its jobs
+  held here finishes. Once the delay passes ``poll_interval`` with none of
+  its jobs held here, notifications and the poll take over. So the retries
+  after a short lease are a logarithmic ladder, never a loop.
 """
 
 from __future__ import annotations
@@ -58,6 +66,9 @@ MAX_LEASE_CALLS = 8
 
 # How long one oq_wait registration lasts; it is renewed after half of it.
 WAIT_SECONDS = 60
+
+# The first retry of a queue whose lease came back short (see the module docstring).
+FLOW_RETRY_MIN = 0.05
 
 
 class Wake:
@@ -160,6 +171,8 @@ class Fetcher:
         self._failure: BaseException | None = None
         self._succeeded = False
         self._wait_renew_at = 0.0  # monotonic; math.inf once oq_wait was refused
+        # Flow control: queue -> (retry at, delay, jobs of it held here when armed).
+        self._retry: dict[str, tuple[float, float, int]] = {}
 
     @property
     def max_calls(self) -> int:
@@ -284,6 +297,9 @@ class Fetcher:
             if self._timer_due is not None and now >= self._timer_due:
                 self.mark_all_ready()
                 self._timer_due = None
+            for queue, (retry_at, _delay, held) in self._retry.items():
+                if now >= retry_at or self._held(queue) < held:
+                    self._ready.add(queue)
 
             want = self._should_lease()
             while want > 0 and self._in_flight < self._max_calls:
@@ -303,6 +319,9 @@ class Fetcher:
                 await self._check_schedule()
 
             deadline = min(self._poll_due, self._timer_due or self._poll_due)
+            for queue, (retry_at, _delay, _held) in self._retry.items():
+                if queue not in self._ready:
+                    deadline = min(deadline, retry_at)
             timeout = deadline - time.monotonic()
             if timeout > 0 and not core.stopping and not self._wake.is_set():
                 await self._wake.wait(timeout)
@@ -381,6 +400,30 @@ class Fetcher:
             dispatch, sent_at = core.dispatch, rider.sent_at
             for item, lease_left in leased:
                 dispatch(item, lease_left, sent_at)
+        self._flow_retry(queue, len(leased), want)
+
+    def _held(self, queue: str) -> int:
+        return sum(1 for run in self._core.inflight.values() if run.job.queue_name == queue)
+
+    def _flow_retry(self, queue: str, got: int, want: int) -> None:
+        """Arm or clear the retry of a queue that may be held back by its limits."""
+        previous = self._retry.pop(queue, None)
+        if got == want:
+            return
+        held = self._held(queue)
+        poll = self._core.poll_interval
+        if got or (previous is not None and held < previous[2]):
+            delay = FLOW_RETRY_MIN  # it brought jobs, or one of its jobs just finished here
+        elif previous is not None:
+            delay = previous[1] * 2  # nothing: back off
+            if delay > poll and not held:
+                return  # the poll and notifications take over
+            delay = min(delay, poll)
+        elif held:
+            delay = FLOW_RETRY_MIN
+        else:
+            return  # drained, or held back by other workers' jobs: notifications and the poll
+        self._retry[queue] = (time.monotonic() + delay, delay, held)
 
     async def _register_wait(self) -> None:
         """oq_wait for our queues, then one more lease round (see the module docstring)."""

@@ -126,6 +126,7 @@ def test_stats_json(runner, dsn, client):
         "cancelled": 0,
     }
     assert isinstance(a["oldest_due_at"], str)
+    assert a["paused"] is False
 
     table = runner.invoke(main, ["stats", "--dsn", dsn])
     assert table.exit_code == 0, table.output

@@ -195,6 +195,9 @@ ARGUMENTS: dict[str, tuple[list[Any], st.SearchStrategy[Any]]] = {
     "timezone": ([None, "UTC", "Europe/Berlin"], st.one_of(texts, nul_texts)),
     "after": ([datetime(2024, 1, 1, tzinfo=UTC)], naive_or_extreme_datetimes),
     "as_of": ([None, datetime(2000, 1, 1, tzinfo=UTC)], naive_or_extreme_datetimes),
+    "max_running": ([None, 2], ints),
+    "rate_limit": ([None, 3], ints),
+    "rate_period": ([None, timedelta(seconds=1)], timedeltas),
 }
 
 

@@ -81,6 +81,9 @@ SCENARIO: list[tuple[str, str]] = [
         "backoff_base => interval '2 seconds', backoff_max => interval '10 seconds')",
     ),
     ("max payload", "select openqueue.oq_set_queue_max_payload('s', 40)"),
+    ("pause", "select openqueue.oq_pause_queue('s')"),
+    ("resume", "select openqueue.oq_resume_queue('s')"),
+    ("limits", "select openqueue.oq_set_queue_limits('s', max_running => 100, rate_limit => 1000)"),
     ("notify mode", "select openqueue.oq_set_queue_notify('s', 'when_waiting')"),
     ("wait", "select openqueue.oq_wait(array['s'], 'w1', 30)"),
     ("enqueue", "select openqueue.oq_enqueue('s', '{\"a\": 1}')"),
@@ -105,6 +108,7 @@ SCENARIO: list[tuple[str, str]] = [
     ("batch not array", "select * from openqueue.oq_enqueue_batch('s', '{}')"),
     ("lease", "select * from openqueue.oq_lease('s', 'w1', batch_size => 10)"),
     ("lease none", "select * from openqueue.oq_lease('s', 'w1')"),
+    ("unlimit", "select openqueue.oq_set_queue_limits('s')"),
     (
         "heartbeat",
         f"select openqueue.oq_heartbeat(1, {token(1)}, 60)",
