@@ -163,21 +163,6 @@ def test_readme_command_line_block_runs(dsn: str, conn: psycopg.Connection) -> N
                 assert done.stdout.strip() == "1"
             if argv[1:3] == ["jobs", "show"]:
                 assert "ada@example.com" in done.stdout
-            continue
-        if current.endswith(";"):
-            statements.append(current)
-            current = ""
-    return statements
-
-
-def test_readme_psql_session_runs_in_psql(psql) -> None:
-    enqueue, lease, ack, stats = _psql_session()
-    assert psql(enqueue).stdout.strip() == "1"
-    job_id, payload, attempts, token = psql(lease).stdout.strip().split("|")
-    assert (job_id, payload, attempts) == ("1", '{"to": "ada@example.com"}', "1")
-    shown_token = re.search(r"lease_token => '([0-9a-f-]+)'", ack)[1]
-    assert psql(ack.replace(shown_token, token)).stdout.strip() == "t"
-    assert psql(stats).stdout.strip() == "emails|0|0|1"
 
 
 def _flow_control_sql() -> list[str]:
