@@ -660,8 +660,9 @@ def _job_filters(
     newer_than: timedelta | None,
 ) -> tuple[list[str], dict[str, Any]]:
     """WHERE clauses and parameters for the job filters shared by list_jobs and count_jobs."""
-    if status is not None and (not isinstance(status, str) or status not in _JOB_STATES):
-        raise InvalidArgument(f"status must be one of {', '.join(_JOB_STATES)}, got {status!r}")
+    if _text(status, "status") is not None and status not in _JOB_STATES:
+        shown = status if len(status) <= 40 else status[:40] + "..."  # type: ignore[arg-type]
+        raise InvalidArgument(f"status must be one of {', '.join(_JOB_STATES)}, got {shown!r}")
     for name, age in (("older_than", older_than), ("newer_than", newer_than)):
         if _interval(age, name) is not None and age < timedelta(0):  # type: ignore[operator]
             raise InvalidArgument(f"{name} must not be negative")

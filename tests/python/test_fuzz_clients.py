@@ -198,6 +198,12 @@ ARGUMENTS: dict[str, tuple[list[Any], st.SearchStrategy[Any]]] = {
     "max_running": ([None, 2], ints),
     "rate_limit": ([None, 3], ints),
     "rate_period": ([None, timedelta(seconds=1)], timedeltas),
+    # the operators' reads (CLI, dashboard)
+    "status": ([None, "pending", "dead"], st.one_of(texts, nul_texts)),
+    "newer_than": ([None, timedelta(hours=1)], timedeltas),
+    "limit": ([None, 1, 50], ints),
+    "offset": ([0, 2], ints),
+    "after_id": ([None, 3], ints),
 }
 
 
