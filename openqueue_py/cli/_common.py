@@ -28,7 +28,7 @@ EXIT_FAILED = 1  # the command ran and failed: refused by the database, job not 
 EXIT_USAGE = 2  # bad options or arguments (click's own, or refused as invalid by openqueue)
 EXIT_CANNOT_CONNECT = 3  # wrong host, port, role, password or database
 EXIT_NOT_INSTALLED = 4  # the database has no openqueue schema: run `openqueue install`
-EXIT_NOT_FOUND = 5  # a job given by id does not exist
+EXIT_NOT_FOUND = 5  # a job given by id (or a schedule given by name) does not exist
 
 EXIT_CODES = {
     0: "success",
@@ -38,7 +38,7 @@ EXIT_CODES = {
     "refuses as invalid)",
     EXIT_CANNOT_CONNECT: "cannot connect (wrong host, port, role, password or database)",
     EXIT_NOT_INSTALLED: "openqueue is not installed in that database (run `openqueue install`)",
-    EXIT_NOT_FOUND: "a job given by id does not exist",
+    EXIT_NOT_FOUND: "a job given by id (or a schedule given by name) does not exist",
 }
 
 EPILOG = "\b\nExit status:\n" + "\n".join(f"  {code}  {meaning}" for code, meaning in EXIT_CODES.items())
