@@ -121,6 +121,17 @@ def format_duration(value: timedelta | float | None) -> str:
     return f"{sign}{minutes}m{secs:02d}s"
 
 
+def format_period(period: timedelta) -> str:
+    """``1s``, ``1m``, ``30s``, ``2h``, ``250ms``: the largest unit that divides it."""
+    micros = round(period.total_seconds() * 1_000_000)
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if micros % (size * 1_000_000) == 0:
+            return f"{micros // (size * 1_000_000)}{unit}"
+    if micros % 1000 == 0:
+        return f"{micros // 1000}ms"
+    return f"{period.total_seconds():g}s"
+
+
 class Duration(click.ParamType):
     """A click type for durations; ``whole_seconds`` refuses fractions (for integer settings)."""
 

@@ -28,6 +28,7 @@ from ._common import (
     echo_json,
     emit,
     fail,
+    format_period,
     json_option,
     parse_duration,
     reported,
@@ -57,17 +58,6 @@ def parse_rate(text: str) -> tuple[int, timedelta]:
     if period <= timedelta(0):
         raise ValueError(f"{text!r}: the period must be more than zero")
     return count, period
-
-
-def format_period(period: timedelta) -> str:
-    """``1s``, ``1m``, ``30s``, ``2h``, ``250ms``: the largest unit that divides it."""
-    micros = round(period.total_seconds() * 1_000_000)
-    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if micros % (size * 1_000_000) == 0:
-            return f"{micros // (size * 1_000_000)}{unit}"
-    if micros % 1000 == 0:
-        return f"{micros // 1000}ms"
-    return f"{period.total_seconds():g}s"
 
 
 def format_rate(rate_limit: int | None, rate_period: timedelta) -> str:

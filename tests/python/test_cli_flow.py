@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 from openqueue_py import Client
 from openqueue_py.cli import main
-from openqueue_py.cli.flow import format_period, parse_rate
+from openqueue_py.cli._common import format_period
+from openqueue_py.cli.flow import parse_rate
 
 USAGE = 2
 NOT_FOUND = 5
