@@ -376,3 +376,47 @@ def test_help_lists_the_new_commands(runner):
     result = runner.invoke(main, ["--help"])
     for command in ("schedule", "pause", "resume", "limits"):
         assert f"\n  {command} " in result.stdout, command
+
+
+def _worker_run(dsn: str, conn, tick_interval: str, queue: str) -> str | None:
+    """Run `openqueue worker --tick-interval` until the schedule's job completes (or 60 s); its status."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    openqueue = str(Path(sys.executable).with_name("openqueue"))
+    argv = [openqueue, "worker", "--dsn", dsn, "--queue", f"{queue}=examples.tasks:send_email"]
+    argv += ["--tick-interval", tick_interval, "--poll-interval", "0.2"]
+    status = None
+    with subprocess.Popen(argv, cwd=repo, stderr=subprocess.PIPE, text=True) as worker:
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                row = conn.execute(
+                    "select status from openqueue.jobs where queue_name = %s", [queue]
+                ).fetchone()
+                status = row[0] if row else None
+                if status == "completed":
+                    break
+                time.sleep(0.1)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            _, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0, err
+    return status
+
+
+def test_worker_tick_interval_fires_a_due_schedule(dsn, conn, client):
+    client.schedule("digest", "*/15 * * * *", "digest", {"to": "ada@example.com"})
+    # As if a slot had come and nobody ticked yet: the worker's tick fires it.
+    conn.execute(
+        "update openqueue.cron_schedules set next_run_at = date_trunc('hour', now()) - interval '1 hour'"
+    )
+    assert _worker_run(dsn, conn, "0.2", "digest") == "completed"
+    (job,) = client.list_jobs("digest")
+    assert job.idempotency_key.startswith("schedule:digest:") and job.result == {"sent_to": "ada@example.com"}
+    (schedule,) = client.list_schedules()
+    assert schedule.last_run_at == job.run_at
