@@ -17,7 +17,7 @@ from .errors import (
     WorkerError,
 )
 from .migrate import install
-from .models import HealthCheck, Job, JobRecord, JobState, Leased, QueueStats
+from .models import HealthCheck, Job, JobRecord, JobState, Leased, QueueSettings, QueueStats, Schedule
 from .worker import AsyncWorker, Fail, Retry, Worker
 
 __all__ = [
@@ -35,8 +35,10 @@ __all__ = [
     "Leased",
     "NotInstalled",
     "OpenQueueError",
+    "QueueSettings",
     "QueueStats",
     "Retry",
+    "Schedule",
     "SchemaTooNew",
     "Worker",
     "WorkerError",

@@ -18,7 +18,17 @@ from uuid import UUID
 from psycopg.types.json import Jsonb
 
 from .errors import InvalidArgument
-from .models import HealthCheck, Job, JobRecord, JobState, Leased, LeaseHandle, QueueStats
+from .models import (
+    HealthCheck,
+    Job,
+    JobRecord,
+    JobState,
+    Leased,
+    LeaseHandle,
+    QueueSettings,
+    QueueStats,
+    Schedule,
+)
 
 T = TypeVar("T")
 Rows = list[tuple[Any, ...]]
@@ -634,6 +644,26 @@ def set_queue_limits(
         args["rate_period"] = _interval(rate_period, "rate_period")
         query += ", rate_period => %(rate_period)s::interval"
     return Call(query + ")", args, lambda rows: None)
+
+
+def queue_settings() -> Call[list[QueueSettings]]:
+    """oq_queue_settings(): every configured queue's settings, limits and pause."""
+    return _call("oq_queue_settings", {}, lambda rows: [QueueSettings(*row) for row in rows], table=True)
+
+
+_SCHEDULE_COLUMNS = (
+    "schedule_name, cron, queue_name, payload, priority, max_attempts, timezone, "
+    "next_run_at, last_run_at, created_at"
+)
+
+
+def list_schedules() -> Call[list[Schedule]]:
+    """Every row of the openqueue.schedules view, by name."""
+    return Call(
+        f"select {_SCHEDULE_COLUMNS} from openqueue.schedules order by schedule_name",
+        {},
+        lambda rows: [Schedule(*row) for row in rows],
+    )
 
 
 def _required(args: dict[str, Any], *names: str) -> dict[str, Any]:

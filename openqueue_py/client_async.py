@@ -15,7 +15,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from . import _connect, _sql
 from .errors import ConnectionFailed, OpenQueueError
 from .migrate import install_async
-from .models import HealthCheck, JobRecord, Leased, QueueStats
+from .models import HealthCheck, JobRecord, Leased, QueueSettings, QueueStats, Schedule
 
 T = TypeVar("T")
 
@@ -416,3 +416,11 @@ class AsyncClient:
     ) -> None:
         """Set both limits exactly (None: no limit); rate_period None: 1 second."""
         await self._run(_sql.set_queue_limits(queue_name, max_running, rate_limit, rate_period), conn)
+
+    async def queue_settings(self, *, conn: psycopg.AsyncConnection | None = None) -> list[QueueSettings]:
+        """Every queue with settings of its own, defaults filled in (``oq_queue_settings``)."""
+        return await self._run(_sql.queue_settings(), conn)
+
+    async def list_schedules(self, *, conn: psycopg.AsyncConnection | None = None) -> list[Schedule]:
+        """Every schedule of ``openqueue.schedules``, by name, with its next and last run."""
+        return await self._run(_sql.list_schedules(), conn)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 from uuid import UUID
@@ -202,3 +202,36 @@ class HealthCheck:
     value: int | None
     observed_at: datetime | None
     detail: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSettings:
+    """One row of ``oq_queue_settings()``: a queue's settings, built-in defaults filled in."""
+
+    queue_name: str
+    max_attempts: int
+    lease_seconds: int
+    backoff_base: timedelta
+    backoff_max: timedelta
+    notify_mode: str
+    max_payload_bytes: int
+    paused: bool
+    max_running: int | None  # None: no limit
+    rate_limit: int | None  # None: no limit
+    rate_period: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """One row of the ``openqueue.schedules`` view."""
+
+    schedule_name: str
+    cron: str
+    queue_name: str
+    payload: Any
+    priority: int
+    max_attempts: int | None
+    timezone: str
+    next_run_at: datetime
+    last_run_at: datetime | None  # None before its first job
+    created_at: datetime

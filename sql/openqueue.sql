@@ -4732,6 +4732,63 @@ revoke all on function openqueue._flow_control_enable() from public;
 revoke all on function openqueue._flow_lock_key() from public;
 revoke all on function openqueue._flow_admit(text, integer) from public;
 
+-- Every setting of every configured queue in one read, for operators (the
+-- CLI's stats, the dashboard): openqueue.queues and openqueue.queue_limits
+-- are the owner's alone, so this is the admin's way to see them.
+create function openqueue.oq_queue_settings()
+returns table (
+    queue_name text,
+    max_attempts integer,
+    lease_seconds integer,
+    backoff_base interval,
+    backoff_max interval,
+    notify_mode text,
+    max_payload_bytes integer,
+    paused boolean,
+    max_running integer,
+    rate_limit integer,
+    rate_period interval
+)
+language sql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+    with names as (
+        select q.queue_name from openqueue.queues as q
+        union
+        select ql.queue_name from openqueue.queue_limits as ql
+    )
+
+    select
+        n.queue_name,
+        s.max_attempts,
+        s.lease_seconds,
+        s.backoff_base,
+        s.backoff_max,
+        coalesce(q.notify_mode, 'always'),
+        openqueue._max_payload_bytes(n.queue_name),
+        coalesce(q.paused, false),
+        q.max_running,
+        q.rate_limit,
+        coalesce(q.rate_period, interval '1 second')
+    from names as n
+    left join openqueue.queues as q on n.queue_name = q.queue_name
+    cross join lateral openqueue._queue_settings(n.queue_name) as s
+    order by n.queue_name
+$$;
+
+comment on function openqueue.oq_queue_settings() is
+'One row per queue with settings of its own (oq_configure_queue, '
+'oq_set_queue_notify, oq_set_queue_max_payload, oq_pause_queue, '
+'oq_set_queue_limits): (queue_name, max_attempts, lease_seconds, '
+'backoff_base, backoff_max, notify_mode, max_payload_bytes, paused, '
+'max_running, rate_limit, rate_period), built-in defaults filled in '
+'(max_attempts 5, lease_seconds 30, backoff 1 second to 1 hour, notify_mode '
+'always, max_payload_bytes 1048576). max_running and rate_limit NULL: no '
+'limit. A queue not listed has every default and no limit.';
+
+revoke all on function openqueue.oq_queue_settings() from public;
+
 -- ===========================================================================
 -- Security: the role lists of contract sections 6-8. Replaces the version 3
 -- function; the installer runs it after the last migration on every run.

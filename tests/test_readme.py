@@ -185,3 +185,33 @@ def test_readme_flow_control_sql_runs_in_psql(psql, conn) -> None:
     assert conn.execute(
         "select max_running, rate_limit from openqueue.queues where queue_name = 'emails'"
     ).fetchone() == (None, None)
+
+
+def _section_sh_lines(heading: str) -> list[str]:
+    """The command lines of the sh blocks of one README section."""
+    section = re.search(rf"\n## {heading}\n(.*?)(?:\n## |\Z)", README.read_text(), re.S)
+    assert section, f"README.md has no {heading} section"
+    blocks = re.findall(r"```sh\n(.*?)```", section[1], re.S)
+    assert blocks, f"README.md's {heading} section has no sh example"
+    return [line for block in blocks for line in block.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("heading", ["Schedules", "Flow control"])
+def test_readme_schedule_and_flow_commands_run(heading: str, dsn: str) -> None:
+    """Each line runs as written (the worker, which runs until stopped: its options exist)."""
+    openqueue = str(Path(sys.executable).with_name("openqueue"))
+    for line in _section_sh_lines(heading):
+        words = shlex.split(line.replace("$DSN", dsn), comments=True)
+        assert words[0] == "openqueue", line
+        if words[1] == "worker":
+            usage = subprocess.run(
+                [openqueue, "worker", "--help"], capture_output=True, text=True, timeout=60
+            )
+            for option in (w for w in words if w.startswith("--")):
+                assert option in usage.stdout, option
+            continue
+        done = subprocess.run([openqueue, *words[1:]], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
+        said = line.split("#", 1)[1] if "#" in line else ""
+        if words[1] in ("pause", "resume") or (words[1] == "limits" and len(words) == 4):
+            assert done.stdout.strip() in said, (line, done.stdout)  # the comment quotes the output

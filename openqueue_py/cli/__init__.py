@@ -6,8 +6,9 @@ Every command takes ``--dsn`` or reads ``OPENQUEUE_DSN`` (else
 stderr (``openqueue --verbose ...`` adds its full detail) and an exit status
 that says what kind of error it was: see :data:`EXIT_CODES`.
 
-One module per command group: ``jobs`` (jobs, dead, cancel, replay), ``demo``
-and ``dashboard``; the queue-wide commands and the worker are here.
+One module per command group: ``jobs`` (jobs, dead, cancel, replay), ``flow``
+(schedule, pause, resume, limits), ``demo`` and ``dashboard``; the queue-wide
+commands and the worker are here.
 """
 
 from __future__ import annotations
@@ -139,20 +140,47 @@ def enqueue_command(
 _COUNTS = ("pending", "processing", "failed", "completed", "dead", "cancelled")
 
 
-def _stats_table(rows: list[Any], now: datetime) -> Any:
+def _stats_table(rows: list[Any], now: datetime, settings: dict[str, Any] | None = None) -> Any:
     extra = [f.name for f in dataclasses.fields(rows[0])] if rows else []
-    extra = [name for name in extra if name not in (*_COUNTS, "queue_name", "oldest_due_at")]
-    grid = table("queue", *_COUNTS, "oldest due", *extra, numeric=_COUNTS)
+    extra = [name for name in extra if name not in (*_COUNTS, "queue_name", "oldest_due_at", "paused")]
+    limits = ("max running", "rate") if settings is not None else ()
+    grid = table("queue", *_COUNTS, "oldest due", "paused", *limits, *extra, numeric=_COUNTS)
     for r in rows:
+        shown = settings.get(r.queue_name) if settings is not None else None
+        limit_cells: tuple[str, ...] = ()
+        if settings is not None:
+            limit_cells = (
+                "-" if shown is None or shown.max_running is None else str(shown.max_running),
+                "-"
+                if shown is None or shown.rate_limit is None
+                else _flow.format_rate(shown.rate_limit, shown.rate_period),
+            )
         grid.add_row(
             r.queue_name,
             *(f"{getattr(r, name):,}" for name in _COUNTS),
             age(r.oldest_due_at, now),
+            "paused" if r.paused else "",
+            *limit_cells,
             *(str(getattr(r, name)) for name in extra),
         )
     if not rows:
         grid.caption = "no queues yet"
     return grid
+
+
+def _stats_json(rows: list[Any], settings: dict[str, Any] | None) -> list[Any]:
+    """oq_stats rows, each with max_running, rate_limit and rate_period (seconds) when readable."""
+    if settings is None:
+        return rows
+    out = []
+    for r in rows:
+        shown = settings.get(r.queue_name)
+        row = {f.name: getattr(r, f.name) for f in dataclasses.fields(r)}
+        row["max_running"] = shown.max_running if shown else None
+        row["rate_limit"] = shown.rate_limit if shown else None
+        row["rate_period"] = shown.rate_period if shown and shown.rate_limit is not None else None
+        out.append(row)
+    return out
 
 
 def _db_now(client: Client) -> datetime:
@@ -182,10 +210,11 @@ def stats_command(dsn: str, as_json: bool, watch: bool, interval: timedelta, cou
     with reported(), Client(dsn) as client:
         if not watch:
             rows = client.stats()
+            settings = _flow.queue_settings_or_none(client)
             if as_json:
-                echo_json(rows)
+                echo_json(_stats_json(rows, settings))
             else:
-                emit(out, _stats_table(rows, _db_now(client)))
+                emit(out, _stats_table(rows, _db_now(client), settings))
             return
         try:
             _watch_stats(client, out, as_json, interval.total_seconds(), count)
@@ -206,12 +235,13 @@ def _watch_stats(client: Client, out: Any, as_json: bool, seconds: float, count:
             if refreshes:
                 time.sleep(seconds)
             rows = client.stats()
+            settings = _flow.queue_settings_or_none(client)
             refreshes += 1
             if as_json:
-                echo_json(rows, indent=None)
+                echo_json(_stats_json(rows, settings), indent=None)
                 continue
             now = _db_now(client)
-            grid = _stats_table(rows, now)
+            grid = _stats_table(rows, now, settings)
             grid.title = f"openqueue stats at {now.isoformat(timespec='seconds')}"
             if live is not None:
                 live.update(grid, refresh=True)
@@ -371,6 +401,13 @@ def _worker_handlers(queue_specs: tuple[str, ...], app: str | None) -> dict[str,
     show_default=True,
     help="Seconds between oq_reap() calls.",
 )
+@click.option(
+    "--tick-interval",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Seconds between oq_tick() calls that fire due schedules (one worker at a time); 0: never.",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Most jobs per lease call.")
 @click.option(
     "--prefetch",
@@ -426,6 +463,7 @@ def worker_command(
     grace_period: float,
     lease_seconds: int | None,
     reap_interval: float,
+    tick_interval: float,
     batch_size: int | None,
     prefetch: int,
     durable_leases: bool,
@@ -467,6 +505,7 @@ def worker_command(
         "grace_period": grace_period,
         "lease_seconds": lease_seconds,
         "reap_interval": reap_interval,
+        "tick_interval": tick_interval,
         "batch_size": batch_size,
         "prefetch": prefetch,
         "durable_leases": durable_leases,
@@ -497,7 +536,8 @@ def _exit_on_signal(signum: int, frame: Any) -> NoReturn:
 
 from . import dashboard as _dashboard  # noqa: E402
 from . import demo as _demo  # noqa: E402
+from . import flow as _flow  # noqa: E402
 from . import jobs as _jobs  # noqa: E402
 
-for _command in (*_jobs.COMMANDS, _demo.demo_command, _dashboard.dashboard_command):
+for _command in (*_jobs.COMMANDS, _demo.demo_command, _dashboard.dashboard_command, *_flow.COMMANDS):
     main.add_command(_command)

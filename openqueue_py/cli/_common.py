@@ -28,7 +28,7 @@ EXIT_FAILED = 1  # the command ran and failed: refused by the database, job not 
 EXIT_USAGE = 2  # bad options or arguments (click's own, or refused as invalid by openqueue)
 EXIT_CANNOT_CONNECT = 3  # wrong host, port, role, password or database
 EXIT_NOT_INSTALLED = 4  # the database has no openqueue schema: run `openqueue install`
-EXIT_NOT_FOUND = 5  # a job given by id does not exist
+EXIT_NOT_FOUND = 5  # a job given by id (or a schedule given by name) does not exist
 
 EXIT_CODES = {
     0: "success",
@@ -38,7 +38,7 @@ EXIT_CODES = {
     "refuses as invalid)",
     EXIT_CANNOT_CONNECT: "cannot connect (wrong host, port, role, password or database)",
     EXIT_NOT_INSTALLED: "openqueue is not installed in that database (run `openqueue install`)",
-    EXIT_NOT_FOUND: "a job given by id does not exist",
+    EXIT_NOT_FOUND: "a job given by id (or a schedule given by name) does not exist",
 }
 
 EPILOG = "\b\nExit status:\n" + "\n".join(f"  {code}  {meaning}" for code, meaning in EXIT_CODES.items())
@@ -119,6 +119,17 @@ def format_duration(value: timedelta | float | None) -> str:
     if hours:
         return f"{sign}{hours}h{minutes:02d}m"
     return f"{sign}{minutes}m{secs:02d}s"
+
+
+def format_period(period: timedelta) -> str:
+    """``1s``, ``1m``, ``30s``, ``2h``, ``250ms``: the largest unit that divides it."""
+    micros = round(period.total_seconds() * 1_000_000)
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if micros % (size * 1_000_000) == 0:
+            return f"{micros // (size * 1_000_000)}{unit}"
+    if micros % 1000 == 0:
+        return f"{micros // 1000}ms"
+    return f"{period.total_seconds():g}s"
 
 
 class Duration(click.ParamType):

@@ -16,7 +16,7 @@ from ._common import EXIT_FAILED, dsn_option, fail, reported
 @click.option(
     "--allow-actions",
     is_flag=True,
-    help="Enable the replay and cancel buttons (read-only without it).",
+    help="Enable the replay, cancel, pause and resume buttons (read-only without it).",
 )
 def dashboard_command(dsn: str, host: str, port: int, allow_actions: bool) -> None:
     """Serve the web dashboard until Ctrl-C: queues, throughput, dead jobs, job details."""

@@ -3,8 +3,10 @@
 ``openqueue dashboard --dsn DSN`` (or :func:`serve`) shows every queue with
 its counts by state and the age of its oldest due job, throughput and
 failures over the last hour, the dead letters with their error history and
-each job's details; with ``allow_actions`` it also replays and cancels jobs.
-It reads through ``oq_stats()`` and ``openqueue.jobs`` (a role holding
+each job's details, the schedules, and paused or limited queues; with
+``allow_actions`` it also replays and cancels jobs, pauses and resumes
+queues. It reads through ``oq_stats()``, ``oq_queue_settings()``,
+``openqueue.jobs`` and ``openqueue.schedules`` (a role holding
 ``openqueue_admin`` is enough) and binds 127.0.0.1 unless told otherwise.
 
 Needs the ``dashboard`` extra: ``pip install 'openqueue[dashboard]'``.

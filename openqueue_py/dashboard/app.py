@@ -2,10 +2,13 @@
 
 Pages: ``/`` (queues, their counts and the throughput chart; the counts
 refresh every 2 s), ``/queues/{name}`` (a queue's newest jobs), ``/dead``
-(the dead letters with their error history), ``/jobs/{id}`` (one job).
-``/metrics`` serves Prometheus text. With ``allow_actions`` the pages show
-replay and cancel buttons, which POST to ``/jobs/{id}/replay`` and
-``/jobs/{id}/cancel``; without it those answer 403 and no button is shown.
+(the dead letters with their error history), ``/jobs/{id}`` (one job),
+``/schedules`` (the recurring schedules, their next and last run). Paused
+and limited queues are marked on the queue tables. ``/metrics`` serves
+Prometheus text. With ``allow_actions`` the pages show replay, cancel, pause
+and resume buttons, which POST to ``/jobs/{id}/replay``, ``/jobs/{id}/cancel``,
+``/queues/{name}/pause`` and ``/queues/{name}/resume``; without it those
+answer 403 and no button is shown.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg.conninfo import conninfo_to_dict
@@ -39,6 +42,8 @@ HERE = Path(__file__).resolve().parent
 LIST_LIMIT = 100
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _MAX_BIGINT = 2**63 - 1
+# What a pause or resume button's redirect may say (nothing else is echoed).
+_QUEUE_DONE = ("paused", "was already paused", "resumed", "was not paused")
 
 
 def _ts(value: datetime | None) -> str:
@@ -217,8 +222,22 @@ def create_app(dsn: str, allow_actions: bool = False, *, pool_size: int = 4) -> 
                 raise HTTPException(404, f"no queue named {name!r}")
             jobs = await queries.recent_jobs(conn, name, state, LIST_LIMIT)
         return render(
-            request, "queue.html", page="overview", queue=rows[0], jobs=jobs, state=state, limit=LIST_LIMIT
+            request,
+            "queue.html",
+            page="overview",
+            queue=rows[0],
+            jobs=jobs,
+            state=state,
+            limit=LIST_LIMIT,
+            done=request.query_params.get("done")
+            if request.query_params.get("done") in _QUEUE_DONE
+            else None,
         )
+
+    async def schedules_page(request: Request) -> Response:
+        async with client.connection() as conn:
+            rows = await queries.schedules(conn)
+        return render(request, "schedules.html", page="schedules", schedules=rows)
 
     def job_id_param(request: Request) -> int:
         job_id = request.path_params["job_id"]
@@ -264,6 +283,25 @@ def create_app(dsn: str, allow_actions: bool = False, *, pool_size: int = 4) -> 
     async def cancel(request: Request) -> Response:
         return await action(request, "cancel")
 
+    async def queue_action(request: Request, name: str) -> Response:
+        check_action(request)
+        queue = queue_param(request.path_params["name"])
+        assert queue is not None
+        async with client.connection() as conn:
+            changed = await (client.pause_queue if name == "pause" else client.resume_queue)(queue, conn=conn)
+        if name == "pause":
+            done = "paused" if changed else "was already paused"
+        else:
+            done = "resumed" if changed else "was not paused"
+        target = f"{request.scope.get('root_path', '')}/queues/{quote(queue, safe='')}?done={quote(done)}"
+        return RedirectResponse(target, 303)
+
+    async def pause(request: Request) -> Response:
+        return await queue_action(request, "pause")
+
+    async def resume(request: Request) -> Response:
+        return await queue_action(request, "resume")
+
     async def metrics(request: Request) -> Response:
         async with client.connection() as conn:
             rows = await queries.queues(conn)
@@ -287,6 +325,9 @@ def create_app(dsn: str, allow_actions: bool = False, *, pool_size: int = 4) -> 
             Route("/partials/throughput", partial_throughput),
             Route("/dead", dead),
             Route("/queues/{name}", queue_page),
+            Route("/queues/{name}/pause", pause, methods=["POST"]),
+            Route("/queues/{name}/resume", resume, methods=["POST"]),
+            Route("/schedules", schedules_page),
             Route("/jobs/{job_id:int}", job_page),
             Route("/jobs/{job_id:int}/replay", replay, methods=["POST"]),
             Route("/jobs/{job_id:int}/cancel", cancel, methods=["POST"]),

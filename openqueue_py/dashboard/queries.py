@@ -1,4 +1,5 @@
-"""The dashboard's reads: ``oq_stats()`` and ``openqueue.jobs``, never ``lease_token``.
+"""The dashboard's reads: ``oq_stats()``, ``oq_queue_settings()``, ``openqueue.jobs`` and
+``openqueue.schedules``; never ``lease_token``.
 
 Every statement is read-only and bounded: counts come from ``oq_stats()``
 (counters, not a scan), the last hour from the ``finished_at`` index and the
@@ -9,11 +10,13 @@ live jobs, lists from an index in their order and a ``LIMIT``. A role holding
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
+
+from ..cli._common import format_period
 
 STATES = ("pending", "processing", "failed", "completed", "dead", "cancelled")
 
@@ -35,10 +38,20 @@ class QueueRow:
     counts: dict[str, int]
     oldest_due_age: float | None  # seconds; None when no job is due
     paused: bool | None  # None: the schema has no pause (oq_stats without the column)
+    max_running: int | None = None  # None: no limit (or the role may not read the limits)
+    rate_limit: int | None = None
+    rate_period: timedelta | None = None
 
     @property
     def total(self) -> int:
         return sum(self.counts.values())
+
+    @property
+    def rate(self) -> str | None:
+        """``100/1m``, ``5/1s``: the rate limit, or None."""
+        if self.rate_limit is None or self.rate_period is None:
+            return None
+        return f"{self.rate_limit}/{format_period(self.rate_period)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,15 +71,55 @@ async def queues(conn: psycopg.AsyncConnection) -> list[QueueRow]:
             "from openqueue.oq_stats() as s order by s.queue_name"
         )
         rows = await cur.fetchall()
+    limits = await _limits(conn)
     return [
         QueueRow(
             name=row["queue_name"],
             counts={state: int(row[state]) for state in STATES},
             oldest_due_age=max(row["oldest_due_age"], 0.0) if row["oldest_due_age"] is not None else None,
             paused=row.get("paused"),
+            max_running=limits.get(row["queue_name"], (None, None, None))[0],
+            rate_limit=limits.get(row["queue_name"], (None, None, None))[1],
+            rate_period=limits.get(row["queue_name"], (None, None, None))[2],
         )
         for row in rows
     ]
+
+
+async def _limits(
+    conn: psycopg.AsyncConnection,
+) -> dict[str, tuple[int | None, int | None, timedelta | None]]:
+    """Queue -> (max_running, rate_limit, rate_period) of the limited queues; {} when unreadable."""
+    try:
+        cur = await conn.execute(
+            "select s.queue_name, s.max_running, s.rate_limit, s.rate_period "
+            "from openqueue.oq_queue_settings() as s "
+            "where s.max_running is not null or s.rate_limit is not null"
+        )
+    except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedFunction):
+        return {}  # a role without openqueue_admin, or a schema before version 4
+    return {name: (running, rate, period) for name, running, rate, period in await cur.fetchall()}
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleRow:
+    """One schedule of ``openqueue.schedules``."""
+
+    name: str
+    cron: str
+    timezone: str
+    queue_name: str
+    next_run_at: datetime
+    last_run_at: datetime | None
+
+
+async def schedules(conn: psycopg.AsyncConnection) -> list[ScheduleRow]:
+    """Every schedule, by name (a few hundred at most in practice: no paging)."""
+    cur = await conn.execute(
+        "select schedule_name, cron, timezone, queue_name, next_run_at, last_run_at "
+        "from openqueue.schedules order by schedule_name"
+    )
+    return [ScheduleRow(*row) for row in await cur.fetchall()]
 
 
 # Completed jobs per minute come from finished_at (an index); failures from the

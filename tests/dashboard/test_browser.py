@@ -215,3 +215,50 @@ def test_replay_a_dead_job_from_the_dead_letter_list(dsn: str, client: Client, p
         page.wait_for_url("**/queues/emails")
         expect(page.locator("tr[data-job]")).to_have_count(10)
         _shot(page, "queue")
+
+
+def test_schedules_page_and_a_paused_queue_with_its_buttons(dsn: str, client: Client, page: Any) -> None:
+    from datetime import timedelta
+
+    from playwright.sync_api import expect
+
+    _seed(client)
+    client.schedule("send-digest", "*/15 * * * *", "emails")
+    with client.connection() as conn:  # as if its slots had come while nobody ticked: one fires now
+        conn.execute(
+            "update openqueue.cron_schedules set next_run_at = date_trunc('hour', now()) - interval '1 hour'"
+        )
+    assert client.tick() == 1  # the digest has a last run, in the past
+    client.schedule("nightly-report", "0 2 * * *", "reports", timezone="Europe/Berlin")
+    client.set_queue_limits("billing", 5, 100, timedelta(minutes=1))
+    client.pause_queue("thumbnails")
+    with Dashboard(dsn, allow_actions=True) as dash:
+        page.goto(dash.url + "/")
+        expect(page.locator('tr[data-queue="thumbnails"] .badge.paused')).to_have_text("paused")
+        expect(page.locator('tr[data-queue="billing"] [data-max-running]')).to_have_text("max 5 running")
+        expect(page.locator('tr[data-queue="billing"] [data-rate]')).to_have_text("100/1m")
+        expect(page.locator('tr[data-queue="emails"] .badge.paused')).to_have_count(0)
+        _shot(page, "overview-flow")
+
+        page.get_by_role("link", name="Schedules").click()
+        page.wait_for_url("**/schedules")
+        expect(page.locator("tr[data-schedule]")).to_have_count(2)
+        nightly = page.locator('tr[data-schedule="nightly-report"]')
+        expect(nightly.locator("[data-cron]")).to_have_text("0 2 * * *")
+        expect(nightly).to_contain_text("Europe/Berlin")
+        expect(nightly.locator("[data-last]")).to_have_text("never")
+        expect(page.locator('tr[data-schedule="send-digest"] [data-last]')).to_contain_text("UTC")
+        _shot(page, "schedules")
+
+        # Pause a queue from the overview, then resume it from its page.
+        page.goto(dash.url + "/")
+        page.locator('tr[data-queue="emails"]').get_by_role("button", name="Pause").click()
+        page.wait_for_url("**/queues/emails?done=paused")
+        expect(page.locator(".notice")).to_have_text("Queue emails paused.")
+        expect(page.locator("h1 .badge.paused")).to_have_text("paused")
+        assert [s.paused for s in client.stats() if s.queue_name == "emails"] == [True]
+        _shot(page, "queue-paused")
+        page.get_by_role("button", name="Resume").click()
+        page.wait_for_url("**/queues/emails?done=resumed")
+        expect(page.locator("h1 .badge.paused")).to_have_count(0)
+        assert [s.paused for s in client.stats() if s.queue_name == "emails"] == [False]

@@ -13,6 +13,7 @@ SECTION_8 = {
     "pause": "select openqueue.oq_pause_queue(queue_name => 'q')",
     "resume": "select openqueue.oq_resume_queue(queue_name => 'q')",
     "limits": "select openqueue.oq_set_queue_limits(queue_name => 'q', max_running => 1)",
+    "settings": "select * from openqueue.oq_queue_settings()",
 }
 
 

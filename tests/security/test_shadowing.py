@@ -85,6 +85,7 @@ SCENARIO: list[tuple[str, str]] = [
     ("resume", "select openqueue.oq_resume_queue('s')"),
     ("limits", "select openqueue.oq_set_queue_limits('s', max_running => 100, rate_limit => 1000)"),
     ("notify mode", "select openqueue.oq_set_queue_notify('s', 'when_waiting')"),
+    ("settings", "select * from openqueue.oq_queue_settings()"),
     ("wait", "select openqueue.oq_wait(array['s'], 'w1', 30)"),
     ("enqueue", "select openqueue.oq_enqueue('s', '{\"a\": 1}')"),
     ("enqueue key", "select openqueue.oq_enqueue('s', '{\"k\": 1}', idempotency_key => 'k')"),

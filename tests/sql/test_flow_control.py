@@ -525,3 +525,27 @@ def test_an_unlimited_queue_reads_the_same_buffers_as_version_3(conn):
         ]
     new_ids = [r["id"] for r in lease(conn, "emails", batch_size=10)]
     assert new_ids == old_ids == list(range(1, 11))
+
+
+def test_queue_settings_lists_every_configured_queue_with_defaults_filled_in(conn):
+    conn.execute("select openqueue.oq_enqueue('plain', '{}')")  # jobs, no settings: not listed
+    conn.execute("select openqueue.oq_configure_queue('conf', max_attempts => 9)")
+    conn.execute("select openqueue.oq_set_queue_max_payload('small', 10)")
+    conn.execute("select openqueue.oq_set_queue_notify('quiet', 'when_waiting')")
+    pause(conn, "held")
+    set_limits(conn, "limited", max_running=3, rate_limit=100, rate_period=timedelta(minutes=1))
+    rows = conn.execute("select * from openqueue.oq_queue_settings()").fetchall()
+    second, hour = timedelta(seconds=1), timedelta(hours=1)
+    assert rows == [
+        ("conf", 9, 30, second, hour, "always", 1048576, False, None, None, second),
+        ("held", 5, 30, second, hour, "always", 1048576, True, None, None, second),
+        ("limited", 5, 30, second, hour, "always", 1048576, False, 3, 100, timedelta(minutes=1)),
+        ("quiet", 5, 30, second, hour, "when_waiting", 1048576, False, None, None, second),
+        ("small", 5, 30, second, hour, "always", 10, False, None, None, second),
+    ]
+    # Clearing the limits and resuming shows the defaults again.
+    set_limits(conn, "limited")
+    resume(conn, "held")
+    after = {r[0]: r for r in conn.execute("select * from openqueue.oq_queue_settings()").fetchall()}
+    assert after["limited"][8:10] == (None, None)
+    assert after["held"][7] is False

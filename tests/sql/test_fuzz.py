@@ -39,6 +39,7 @@ FUNCTIONS = [
     "oq_pause_queue",
     "oq_purge",
     "oq_purge_batch",
+    "oq_queue_settings",
     "oq_reap",
     "oq_replay",
     "oq_resume_queue",
