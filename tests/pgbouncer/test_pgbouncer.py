@@ -14,7 +14,7 @@ import inspect
 import json
 import threading
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -76,6 +76,24 @@ def _every_method(client: Client) -> set[str]:
     assert call("purge", timedelta(0)) == 3  # completed and cancelled
     assert call("purge_batch", timedelta(0), include_dead=True, max_rows=10) == 1  # the dead one
     assert call("health")
+    # the operators' reads (CLI, dashboard)
+    replayed = many[1].job.id  # the one job left: pending again
+    assert [j.id for j in call("list_jobs", queue_name="pb", status="pending")] == [replayed]
+    assert call("count_jobs", queue_name="pb") == 1
+    assert call("replay_many", [replayed]) == []  # pending: nothing to replay
+    # contract sections 7 and 8
+    assert call("schedule", "pb-nightly", "0 2 * * *", "pb") is None
+    assert [s.schedule_name for s in call("list_schedules")] == ["pb-nightly"]
+    assert call("cron_next", "0 2 * * *", datetime(2024, 1, 1, tzinfo=UTC)) == datetime(
+        2024, 1, 1, 2, 0, tzinfo=UTC
+    )
+    assert call("tick") == 0
+    assert call("unschedule", "pb-nightly") is True
+    assert call("pause_queue", "pb") is True
+    assert call("lease", "pb", "w") is None
+    assert call("resume_queue", "pb") is True
+    assert call("set_queue_limits", "pb", max_running=1) is None
+    assert {s.queue_name: s.max_running for s in call("queue_settings")}["pb"] == 1
     return called
 
 
