@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.notify
 	$(BIN)/python -m bench.rss
 	$(BIN)/python -m bench.limits
+	$(BIN)/python -m bench.schedules
 
 ## bench-large: figures 6 and 9 (10,000,000-row tables; ~7 minutes, several GB of disk)
 bench-large: $(STAMP)
