@@ -29,28 +29,26 @@ if TYPE_CHECKING:
 
 
 async def reap_loop(core: Core, interval: float) -> None:
-    call = _sql.reap_exclusive()
-    while True:
-        try:
-            count = await core.conns.run(call)
-        except (*TRANSIENT, psycopg.Error) as exc:
-            log(logging.DEBUG, "worker.db_error", worker_id=core.worker_id, error=str(exc).strip())
-        else:
-            if count:  # None: another worker holds the lock and is reaping
-                log(logging.INFO, "worker.reaped", worker_id=core.worker_id, count=count)
-                core.fetcher.mark_all_ready()
-        await asyncio.sleep(interval)
+    await _exclusive_loop(core, _sql.reap_exclusive(), interval, "worker.reaped")
 
 
 async def tick_loop(core: Core, interval: float) -> None:
-    call = _sql.tick_exclusive()
+    await _exclusive_loop(core, _sql.tick_exclusive(), interval, "worker.ticked")
+
+
+async def _exclusive_loop(core: Core, call: _sql.Call[int | None], interval: float, event: str) -> None:
+    """Run ``call`` every ``interval`` seconds; log ``event`` when it moved jobs.
+
+    The call answers None when another worker holds its advisory lock (and is
+    doing the work), else how many jobs it reclaimed or enqueued.
+    """
     while True:
         try:
             count = await core.conns.run(call)
         except (*TRANSIENT, psycopg.Error) as exc:
             log(logging.DEBUG, "worker.db_error", worker_id=core.worker_id, error=str(exc).strip())
         else:
-            if count:  # None: another worker holds the lock and is ticking
-                log(logging.INFO, "worker.ticked", worker_id=core.worker_id, count=count)
+            if count:
+                log(logging.INFO, event, worker_id=core.worker_id, count=count)
                 core.fetcher.mark_all_ready()
         await asyncio.sleep(interval)
