@@ -27,10 +27,10 @@ begin
         select coalesce(max(version), 0) into v_current
         from openqueue.schema_migrations;
     end if;
-    if v_current > 4 then
+    if v_current > 5 then
         raise exception using
             errcode = 'OQ001',
-            message = format('openqueue schema version %s is newer than this installer (version 4)', v_current),
+            message = format('openqueue schema version %s is newer than this installer (version 5)', v_current),
             hint = 'install a newer OpenQueue release';
     end if;
     if v_current < 1 then
@@ -3634,6 +3634,1272 @@ $oq_0004$;
         insert into openqueue.schema_migrations (version, name)
         values (4, '0004_schedules_and_flow_control');
         raise notice 'openqueue: applied migration 0004_schedules_and_flow_control';
+    end if;
+    if v_current < 5 then
+        execute $oq_0005$
+-- OpenQueue schema version 5: scale-out on Citus (CONTRACT section 10).
+--
+-- * oq_heartbeat, oq_ack, oq_nack and oq_ack_many take one more optional
+--   argument, last: queue_name text DEFAULT NULL. Given and not the job's
+--   queue, the call acts as with a wrong token and changes nothing. On Citus
+--   it is what lets the call be routed to the one node holding the job.
+-- * oq_distribute() (admin): on a database with the citus extension,
+--   distributes the job storage and the per-queue state by queue_name,
+--   co-located, and makes each hot-path call run on the one node holding
+--   its queue. 0A000 without Citus; idempotent.
+-- * oq_nodes() (worker): the nodes of a Citus cluster, so that listeners
+--   LISTEN on each (a routed call notifies on the node that ran it); no
+--   rows on a single PostgreSQL.
+-- * The bodies that run on a Citus node avoid what Citus refuses in a write
+--   to a distributed table: no volatile function (a lease token is derived
+--   from one random seed per call and the job id), no stable function
+--   applied to a column, and the lease's outer UPDATE filters queue_name.
+--
+-- How a call is routed. The public oq_* functions validate their arguments
+-- first (a NULL distribution argument crashes a Citus 14 coordinator), then,
+-- only when the setting openqueue.route is on (oq_distribute sets it for the
+-- database), call an internal _routed_* function that Citus knows as
+-- distributed by its queue_name argument. Outside a transaction block Citus
+-- sends that call to the node holding the queue, where it calls the public
+-- function again with openqueue.route off, which runs the body there. Inside
+-- a transaction block Citus does not delegate: the body runs on the
+-- coordinator and its statements are routed one by one (and NOTIFY is raised
+-- on the coordinator, so a transaction spanning queues on two nodes commits
+-- with two-phase commit, which a node that notified could not do). On a
+-- single PostgreSQL the setting is off and the cost is one current_setting().
+
+-- ---------------------------------------------------------------------------
+-- Routing helpers.
+-- ---------------------------------------------------------------------------
+
+-- True when a hot-path call should be routed: oq_distribute() ran on this
+-- database (setting openqueue.route) and we are not already inside a routed
+-- call. Also makes the call be delegated when outside a transaction block
+-- (citus.function_opens_transaction_block would otherwise make every
+-- statement inside a function look like one); inside a block the setting
+-- makes no difference (Citus sees the block), and it ends with the transaction.
+create function openqueue._route()
+returns boolean
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if coalesce(current_setting('openqueue.route', true), '') <> 'on' then
+        return false;
+    end if;
+    perform set_config('citus.function_opens_transaction_block', 'off', true);
+    return true;
+end;
+$$;
+
+comment on function openqueue._route() is
+'Internal: true when hot-path calls go through the distributed _routed_* '
+'functions (setting openqueue.route = on, set by oq_distribute for the '
+'database; off inside a routed call).';
+
+-- ---------------------------------------------------------------------------
+-- oq_lease and _promote_due: Citus-safe bodies (same plan on one node).
+-- ---------------------------------------------------------------------------
+
+create or replace function openqueue._promote_due(queue_name text, max_rows integer)
+returns integer
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_count integer;
+begin
+    -- The outer UPDATE filters queue_name too: on Citus it is then routed to
+    -- the one shard holding the queue (else it touches every shard).
+    update openqueue.live_jobs as lj
+    set due = true
+    where lj.queue_name = _promote_due.queue_name
+      and lj.id = any(array(
+          select s.id
+          from openqueue.live_jobs as s
+          where s.queue_name = _promote_due.queue_name
+            and s.status in ('pending', 'failed')
+            and not s.due
+            and s.run_at <= now()
+          order by s.run_at
+          limit _promote_due.max_rows
+          for update skip locked
+      ));
+    get diagnostics v_count = row_count;
+    return v_count;
+end;
+$$;
+
+comment on function openqueue._promote_due(text, integer) is
+'Internal: mark up to max_rows jobs of queue_name whose run_at has come as due '
+'(into the lease index live_jobs_lease_order); returns how many.';
+
+create or replace function openqueue.oq_lease(
+    queue_name text,
+    worker_id text,
+    lease_seconds integer default null,
+    batch_size integer default 1
+)
+returns table (
+    id bigint,
+    payload jsonb,
+    priority integer,
+    attempts integer,
+    max_attempts integer,
+    run_at timestamptz,
+    created_at timestamptz,
+    lease_token uuid,
+    lease_expires_at timestamptz
+)
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_lease interval;
+    v_seed text;
+begin
+    perform openqueue._check_queue_name(oq_lease.queue_name);
+    if oq_lease.worker_id is null then
+        perform openqueue._raise_null('worker_id');
+    elsif oq_lease.worker_id = '' then
+        perform openqueue._raise_invalid('worker_id', 'must not be empty');
+    end if;
+    perform openqueue._check_range('lease_seconds', oq_lease.lease_seconds, 1, 86400);
+    if oq_lease.batch_size is null then
+        perform openqueue._raise_null('batch_size');
+    end if;
+    perform openqueue._check_range('batch_size', oq_lease.batch_size, 1, 10000);
+
+    if openqueue._route() then
+        return query
+        select *
+        from openqueue._routed_lease(
+            oq_lease.queue_name, oq_lease.worker_id, oq_lease.lease_seconds, oq_lease.batch_size
+        );
+        return;
+    end if;
+
+    if oq_lease.lease_seconds is null then
+        v_lease := make_interval(secs => (openqueue._queue_settings(oq_lease.queue_name)).lease_seconds);
+    else
+        v_lease := make_interval(secs => oq_lease.lease_seconds);
+    end if;
+
+    -- Jobs whose run_at has come join the lease index first; since that
+    -- index is ordered by run_at within a priority, they take their exact
+    -- place among the jobs that were due already. All of them, in chunks: a
+    -- job of higher priority may be the last to fall due, and the lease
+    -- order is the contract's. Each job is promoted once, so the work is
+    -- spread over leases as jobs fall due (one index descent when none has).
+    loop
+        exit when openqueue._promote_due(oq_lease.queue_name, 10000) < 10000;
+    end loop;
+
+    -- Each token is md5(seed || job id): the seed is 122 random bits drawn
+    -- once per call, so tokens are unguessable and distinct, and the UPDATE
+    -- calls no volatile function (Citus refuses one in a distributed write).
+    v_seed := gen_random_uuid()::text;
+
+    -- SKIP LOCKED lets any number of workers lease from one queue without
+    -- waiting on each other; live_jobs_lease_order holds due jobs only, so
+    -- this index scan stops after batch_size rows.
+    return query
+    with leased as (
+        update openqueue.live_jobs as lj
+        set
+            status = 'processing',
+            attempts = lj.attempts + 1,
+            lease_token = md5(v_seed || lj.id::text)::uuid,
+            leased_by = oq_lease.worker_id,
+            lease_expires_at = now() + v_lease
+        -- = any(array(...)) keeps the update a primary-key lookup per
+        -- claimed row, whatever the planner thinks of the table size; the
+        -- queue_name filter keeps it on one shard on Citus.
+        where lj.queue_name = oq_lease.queue_name
+          and lj.id = any(array(
+              select c.id
+              from openqueue.live_jobs as c
+              where c.queue_name = oq_lease.queue_name
+                and c.status in ('pending', 'failed')
+                and c.due
+                and c.run_at <= now()
+              order by c.priority desc, c.run_at asc, c.id asc
+              limit oq_lease.batch_size
+              for update skip locked
+          ))
+        returning
+            lj.id, lj.payload, lj.priority, lj.attempts, lj.max_attempts,
+            lj.run_at, lj.created_at, lj.lease_token, lj.lease_expires_at
+    )
+
+    select
+        l.id, l.payload, l.priority, l.attempts, l.max_attempts,
+        l.run_at, l.created_at, l.lease_token, l.lease_expires_at
+    from leased as l
+    order by l.priority desc, l.run_at asc, l.id asc;
+end;
+$$;
+
+-- ---------------------------------------------------------------------------
+-- finished_counts triggers: one upsert per (queue, status) with constant
+-- values. On Citus the triggers fire on the shards of finished_jobs, where a
+-- query joining the transition table with a distributed table cannot run;
+-- reading the transition table alone is a local query.
+-- ---------------------------------------------------------------------------
+
+create or replace function openqueue._finished_counts_inserted()
+returns trigger
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_row record;
+    v_shard integer := pg_backend_pid();
+begin
+    for v_row in
+        select n.queue_name, n.status, count(*) as jobs
+        from new_rows as n
+        group by n.queue_name, n.status
+        order by n.queue_name, n.status
+    loop
+        insert into openqueue.finished_counts as fc (queue_name, status, shard, jobs)
+        values (v_row.queue_name, v_row.status, v_shard, v_row.jobs)
+        on conflict on constraint finished_counts_pkey do update
+        set jobs = fc.jobs + excluded.jobs;
+    end loop;
+    return null;
+end;
+$$;
+
+comment on function openqueue._finished_counts_inserted() is
+'Internal: AFTER INSERT (per statement) on finished_jobs: count the new rows.';
+
+create or replace function openqueue._finished_counts_deleted()
+returns trigger
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_row record;
+    v_shard integer := pg_backend_pid();
+begin
+    for v_row in
+        select o.queue_name, o.status, -count(*) as jobs
+        from old_rows as o
+        group by o.queue_name, o.status
+        order by o.queue_name, o.status
+    loop
+        insert into openqueue.finished_counts as fc (queue_name, status, shard, jobs)
+        values (v_row.queue_name, v_row.status, v_shard, v_row.jobs)
+        on conflict on constraint finished_counts_pkey do update
+        set jobs = fc.jobs + excluded.jobs;
+    end loop;
+    return null;
+end;
+$$;
+
+comment on function openqueue._finished_counts_deleted() is
+'Internal: AFTER DELETE (per statement) on finished_jobs: uncount the deleted rows.';
+
+create or replace function openqueue._finished_counts_updated()
+returns trigger
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_row record;
+    v_shard integer := pg_backend_pid();
+begin
+    for v_row in
+        select c.queue_name, c.status, sum(c.jobs) as jobs
+        from (
+            select n.queue_name, n.status, 1 as jobs from new_rows as n
+            union all
+            select o.queue_name, o.status, -1 as jobs from old_rows as o
+        ) as c
+        group by c.queue_name, c.status
+        having sum(c.jobs) <> 0
+        order by c.queue_name, c.status
+    loop
+        insert into openqueue.finished_counts as fc (queue_name, status, shard, jobs)
+        values (v_row.queue_name, v_row.status, v_shard, v_row.jobs)
+        on conflict on constraint finished_counts_pkey do update
+        set jobs = fc.jobs + excluded.jobs;
+    end loop;
+    return null;
+end;
+$$;
+
+comment on function openqueue._finished_counts_updated() is
+'Internal: AFTER UPDATE (per statement) on finished_jobs: move counts when a '
+'row''s queue_name or status changed.';
+
+-- ---------------------------------------------------------------------------
+-- oq_enqueue, oq_enqueue_batch: routed after validation.
+-- ---------------------------------------------------------------------------
+
+-- Version 3's bodies, with the routing step after the queue name check.
+
+create or replace function openqueue.oq_enqueue(
+    queue_name text,
+    payload jsonb,
+    priority integer default 0,
+    run_at timestamptz default now(),
+    max_attempts integer default null,  -- null: the queue's setting
+    idempotency_key text default null
+)
+returns bigint
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_id bigint;
+    v_existing bigint;
+    v_run_at timestamptz := coalesce(oq_enqueue.run_at, now());
+    v_due boolean := coalesce(oq_enqueue.run_at, now()) <= now();
+    v_max_attempts integer;
+    v_notify_mode text;
+    v_max_payload integer;
+    v_size bigint;
+begin
+    perform openqueue._check_queue_name(oq_enqueue.queue_name);
+    if openqueue._route() then
+        select r.id into v_id
+        from openqueue._routed_enqueue(
+            oq_enqueue.queue_name, oq_enqueue.payload, oq_enqueue.priority,
+            oq_enqueue.run_at, oq_enqueue.max_attempts, oq_enqueue.idempotency_key
+        ) as r (id);
+        return v_id;
+    end if;
+    if oq_enqueue.payload is null then
+        perform openqueue._raise_null('payload');
+    end if;
+    perform openqueue._check_range('max_attempts', oq_enqueue.max_attempts, 1, 2147483647);
+    -- A key is an index entry: bounded, so that no key can exceed the index's row size.
+    if length(oq_enqueue.idempotency_key) > 255 then
+        perform openqueue._raise_invalid('idempotency_key', 'must be at most 255 characters long');
+    end if;
+
+    -- One lookup for the settings this needs. The built-in defaults of
+    -- max_attempts (5) and the payload limit (1 MiB) are those of
+    -- openqueue._queue_settings and openqueue._max_payload_bytes.
+    select
+        coalesce(oq_enqueue.max_attempts, q.max_attempts, 5),
+        coalesce(q.notify_mode, 'always'),
+        coalesce(ql.max_payload_bytes, 1048576)
+    into v_max_attempts, v_notify_mode, v_max_payload
+    from (select 1) as one
+    left join openqueue.queues as q on q.queue_name = oq_enqueue.queue_name
+    left join openqueue.queue_limits as ql on ql.queue_name = oq_enqueue.queue_name;
+
+    v_size := octet_length(oq_enqueue.payload::text);
+    if v_size > v_max_payload then
+        perform openqueue._raise_invalid(
+            'payload',
+            format(
+                'is %s bytes, more than the %s bytes queue %s accepts',
+                v_size, v_max_payload, oq_enqueue.queue_name
+            )
+        );
+    end if;
+
+    v_id := nextval('openqueue.job_id_seq');
+
+    if oq_enqueue.idempotency_key is not null then
+        -- The primary key makes concurrent enqueues with one key race-free:
+        -- the loser waits for the winner's commit, then sees its row. If a
+        -- concurrent purge frees the key in between, try again.
+        loop
+            insert into openqueue.idempotency_keys as ik (queue_name, idempotency_key, job_id)
+            values (oq_enqueue.queue_name, oq_enqueue.idempotency_key, v_id)
+            on conflict on constraint idempotency_keys_pkey do nothing;
+            exit when found;
+            select ik.job_id into v_existing
+            from openqueue.idempotency_keys as ik
+            where ik.queue_name = oq_enqueue.queue_name
+              and ik.idempotency_key = oq_enqueue.idempotency_key;
+            if found then
+                return v_existing;
+            end if;
+        end loop;
+    end if;
+
+    insert into openqueue.live_jobs as lj (
+        id, queue_name, priority, run_at, max_attempts, payload, idempotency_key, due
+    )
+    values (
+        v_id,
+        oq_enqueue.queue_name,
+        coalesce(oq_enqueue.priority, 0),
+        v_run_at,
+        v_max_attempts,
+        oq_enqueue.payload,
+        oq_enqueue.idempotency_key,
+        v_due
+    );
+
+    -- Due now: wake a worker. Due later: tell sleeping workers on a second
+    -- channel, so that they shorten their sleep to the new run_at. A
+    -- when_waiting queue does either only while a worker waits.
+    if v_notify_mode = 'when_waiting' and not openqueue._waiter_present(oq_enqueue.queue_name) then
+        return v_id;
+    end if;
+    if v_due then
+        perform pg_notify('openqueue', oq_enqueue.queue_name);
+    else
+        perform pg_notify('openqueue_scheduled', oq_enqueue.queue_name);
+    end if;
+    return v_id;
+end;
+$$;
+
+comment on function openqueue.oq_enqueue(text, jsonb, integer, timestamptz, integer, text) is
+'Add one job to queue_name and return its id. priority (default 0): higher '
+'leases first. run_at (default now()): not leased before then. max_attempts '
+'(NULL: the queue''s setting, 5 unless configured). idempotency_key: if the '
+'queue already stores a job with this key, its id is returned and nothing is '
+'inserted. Sends NOTIFY openqueue, queue_name when the job is due now, or '
+'NOTIFY openqueue_scheduled, queue_name when it is due later (on commit). '
+'Errors 22004/22023 for a NULL or bad queue_name, NULL payload, a payload '
+'larger than the queue''s maximum (1 MiB unless set by '
+'oq_set_queue_max_payload), max_attempts < 1, an idempotency_key longer '
+'than 255 characters. On Citus (after oq_distribute) the call runs on the '
+'node holding the queue.';
+
+create or replace function openqueue.oq_enqueue_batch(
+    queue_name text,
+    payloads jsonb,
+    priority integer default 0,
+    run_at timestamptz default now(),
+    max_attempts integer default null  -- null: the queue's setting
+)
+returns setof bigint
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_run_at timestamptz := coalesce(oq_enqueue_batch.run_at, now());
+    v_due boolean := coalesce(oq_enqueue_batch.run_at, now()) <= now();
+    v_max_attempts integer;
+    v_notify_mode text;
+    v_count bigint;
+    v_max_payload integer;
+    v_index bigint;
+    v_size bigint;
+begin
+    perform openqueue._check_queue_name(oq_enqueue_batch.queue_name);
+    if openqueue._route() then
+        return query
+        select r.id
+        from openqueue._routed_enqueue_batch(
+            oq_enqueue_batch.queue_name, oq_enqueue_batch.payloads, oq_enqueue_batch.priority,
+            oq_enqueue_batch.run_at, oq_enqueue_batch.max_attempts
+        ) as r (id);
+        return;
+    end if;
+    if oq_enqueue_batch.payloads is null then
+        perform openqueue._raise_null('payloads');
+    elsif jsonb_typeof(oq_enqueue_batch.payloads) <> 'array' then
+        perform openqueue._raise_invalid(
+            'payloads',
+            format('must be a JSON array, got a JSON %s', jsonb_typeof(oq_enqueue_batch.payloads))
+        );
+    end if;
+    perform openqueue._check_range('max_attempts', oq_enqueue_batch.max_attempts, 1, 2147483647);
+
+    -- One lookup for the settings this needs (defaults: see
+    -- openqueue._queue_settings and openqueue._max_payload_bytes).
+    select
+        coalesce(oq_enqueue_batch.max_attempts, q.max_attempts, 5),
+        coalesce(q.notify_mode, 'always'),
+        coalesce(ql.max_payload_bytes, 1048576)
+    into v_max_attempts, v_notify_mode, v_max_payload
+    from (select 1) as one
+    left join openqueue.queues as q on q.queue_name = oq_enqueue_batch.queue_name
+    left join openqueue.queue_limits as ql on ql.queue_name = oq_enqueue_batch.queue_name;
+
+    -- No element is longer than the whole array: one serialisation settles
+    -- the usual batch; only a batch longer than the limit is looked into
+    -- element by element (to name the first one too large).
+    if octet_length(oq_enqueue_batch.payloads::text) > v_max_payload then
+        select e.ordinality - 1, octet_length(e.value::text) into v_index, v_size
+        from jsonb_array_elements(oq_enqueue_batch.payloads) with ordinality as e
+        where octet_length(e.value::text) > v_max_payload
+        order by e.ordinality
+        limit 1;
+    end if;
+    if v_index is not null then
+        perform openqueue._raise_invalid(
+            'payloads',
+            format(
+                'element %s (counting from 0) is %s bytes, more than the %s bytes queue %s accepts',
+                v_index, v_size, v_max_payload, oq_enqueue_batch.queue_name
+            )
+        );
+    end if;
+
+    -- Ids are drawn in array order before the insert, so the result order
+    -- does not depend on the order INSERT ... RETURNING happens to use.
+    return query
+    with numbered as (
+        select
+            nextval('openqueue.job_id_seq') as job_id,
+            elem.value as payload,
+            elem.ordinality
+        from jsonb_array_elements(oq_enqueue_batch.payloads) with ordinality as elem
+    ),
+
+    inserted as (  -- noqa: ST03
+        insert into openqueue.live_jobs (id, queue_name, priority, run_at, max_attempts, payload, due)
+        select
+            n.job_id,
+            oq_enqueue_batch.queue_name,
+            coalesce(oq_enqueue_batch.priority, 0),
+            v_run_at,
+            v_max_attempts,
+            n.payload,
+            v_due
+        from numbered as n
+    )
+
+    -- A data-modifying CTE runs whether or not the outer query reads it.
+    select n.job_id
+    from numbered as n
+    order by n.ordinality;
+
+    get diagnostics v_count = row_count;
+    if v_count = 0
+       or (v_notify_mode = 'when_waiting' and not openqueue._waiter_present(oq_enqueue_batch.queue_name)) then
+        return;
+    end if;
+    if v_due then
+        perform pg_notify('openqueue', oq_enqueue_batch.queue_name);
+    else
+        perform pg_notify('openqueue_scheduled', oq_enqueue_batch.queue_name);
+    end if;
+end;
+$$;
+
+comment on function openqueue.oq_enqueue_batch(text, jsonb, integer, timestamptz, integer) is
+'Add one job per element of the JSON array payloads to queue_name; returns '
+'the ids in array order. Other arguments as for oq_enqueue. One NOTIFY per '
+'call when the jobs are due now; an empty array writes nothing. Errors '
+'22004/22023 for a bad queue_name, payloads NULL or not an array, an element '
+'larger than the queue''s maximum payload size, max_attempts < 1. On Citus '
+'(after oq_distribute) the call runs on the node holding the queue.';
+
+-- ---------------------------------------------------------------------------
+-- oq_heartbeat, oq_ack, oq_nack, oq_ack_many: the queue_name argument.
+-- A new signature: drop and create (grants come back from _apply_security).
+-- ---------------------------------------------------------------------------
+
+drop function openqueue.oq_heartbeat(bigint, uuid, integer);
+drop function openqueue.oq_ack(bigint, uuid, jsonb);
+drop function openqueue.oq_nack(bigint, uuid, text, interval, boolean);
+drop function openqueue.oq_ack_many(bigint[], uuid[], jsonb[]);
+
+create function openqueue.oq_heartbeat(
+    job_id bigint,
+    lease_token uuid,
+    lease_seconds integer default null,
+    queue_name text default null
+)
+returns timestamptz
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_expires timestamptz;
+begin
+    if oq_heartbeat.job_id is null then
+        perform openqueue._raise_null('job_id');
+    end if;
+    if oq_heartbeat.lease_token is null then
+        perform openqueue._raise_null('lease_token');
+    end if;
+    perform openqueue._check_range('lease_seconds', oq_heartbeat.lease_seconds, 1, 86400);
+    if oq_heartbeat.queue_name is not null and openqueue._route() then
+        select r.expires into v_expires
+        from openqueue._routed_heartbeat(
+            oq_heartbeat.queue_name, oq_heartbeat.job_id, oq_heartbeat.lease_token,
+            oq_heartbeat.lease_seconds
+        ) as r (expires);
+        return v_expires;
+    end if;
+
+    -- The queue's lease setting by a correlated subquery (Citus refuses a
+    -- stable function applied to a column in a distributed write).
+    update openqueue.live_jobs as lj
+    set lease_expires_at = now() + make_interval(secs => coalesce(
+        oq_heartbeat.lease_seconds,
+        (select q.lease_seconds from openqueue.queues as q where q.queue_name = lj.queue_name),
+        30
+    ))
+    where lj.id = oq_heartbeat.job_id
+      and lj.status = 'processing'
+      and lj.lease_token = oq_heartbeat.lease_token
+      and (oq_heartbeat.queue_name is null or lj.queue_name = oq_heartbeat.queue_name)
+    returning lj.lease_expires_at into v_expires;
+
+    return v_expires;
+end;
+$$;
+
+comment on function openqueue.oq_heartbeat(bigint, uuid, integer, text) is
+'Extend the lease that lease_token holds on job_id to now() + lease_seconds '
+'(NULL: the queue''s setting). Returns the new expiry, or NULL when that '
+'lease is no longer held (acked, nacked, cancelled, reclaimed, wrong token, '
+'unknown job, or queue_name given and not the job''s queue). An expired lease '
+'that oq_reap has not reclaimed yet is still held. queue_name (optional) lets '
+'Citus route the call to the node holding the job. Errors 22004/22023 for NULL '
+'job_id or lease_token, lease_seconds out of range.';
+
+create function openqueue.oq_ack(
+    job_id bigint,
+    lease_token uuid,
+    result jsonb default null,
+    queue_name text default null
+)
+returns boolean
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_done boolean;
+begin
+    if oq_ack.job_id is null then
+        perform openqueue._raise_null('job_id');
+    end if;
+    if oq_ack.lease_token is null then
+        perform openqueue._raise_null('lease_token');
+    end if;
+    if oq_ack.queue_name is not null and openqueue._route() then
+        select r.done into v_done
+        from openqueue._routed_ack(
+            oq_ack.queue_name, oq_ack.job_id, oq_ack.lease_token, oq_ack.result
+        ) as r (done);
+        return v_done;
+    end if;
+
+    with done as (
+        delete from openqueue.live_jobs as lj
+        where lj.id = oq_ack.job_id
+          and lj.status = 'processing'
+          and lj.lease_token = oq_ack.lease_token
+          and (oq_ack.queue_name is null or lj.queue_name = oq_ack.queue_name)
+        returning lj.*
+    )
+
+    insert into openqueue.finished_jobs (
+        id, queue_name, status, priority, run_at, attempts, max_attempts,
+        leased_by, payload, result, errors, idempotency_key, created_at, finished_at
+    )
+    select
+        d.id, d.queue_name, 'completed', d.priority, d.run_at, d.attempts, d.max_attempts,
+        d.leased_by, d.payload, oq_ack.result, d.errors, d.idempotency_key, d.created_at, now()
+    from done as d;
+
+    return found;
+end;
+$$;
+
+comment on function openqueue.oq_ack(bigint, uuid, jsonb, text) is
+'Mark job_id completed, storing result, if lease_token holds its current '
+'lease (and, when queue_name is given, the job is of that queue); returns '
+'true. Otherwise returns false and changes nothing. queue_name (optional) '
+'lets Citus route the call to the node holding the job.';
+
+create function openqueue.oq_nack(
+    job_id bigint,
+    lease_token uuid,
+    error text default null,
+    retry_in interval default null,  -- null: exponential backoff
+    retry boolean default true,
+    queue_name text default null
+)
+returns text
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_job openqueue.live_jobs%rowtype;
+    v_settings record;
+    v_errors jsonb;
+    v_run_at timestamptz;
+    v_outcome text;
+begin
+    if oq_nack.job_id is null then
+        perform openqueue._raise_null('job_id');
+    end if;
+    if oq_nack.lease_token is null then
+        perform openqueue._raise_null('lease_token');
+    end if;
+    if oq_nack.retry_in < interval '0' then
+        perform openqueue._raise_invalid('retry_in', 'must not be negative');
+    end if;
+    if oq_nack.queue_name is not null and openqueue._route() then
+        select r.outcome into v_outcome
+        from openqueue._routed_nack(
+            oq_nack.queue_name, oq_nack.job_id, oq_nack.lease_token,
+            oq_nack.error, oq_nack.retry_in, oq_nack.retry
+        ) as r (outcome);
+        return v_outcome;
+    end if;
+
+    select lj.* into v_job
+    from openqueue.live_jobs as lj
+    where lj.id = oq_nack.job_id
+      and lj.status = 'processing'
+      and lj.lease_token = oq_nack.lease_token
+      and (oq_nack.queue_name is null or lj.queue_name = oq_nack.queue_name)
+    for update;
+    if not found then
+        return null;
+    end if;
+
+    v_errors := v_job.errors || openqueue._error_entry(v_job.attempts, oq_nack.error);
+
+    if coalesce(oq_nack.retry, true) and v_job.attempts < v_job.max_attempts then
+        if oq_nack.retry_in is null then
+            v_settings := openqueue._queue_settings(v_job.queue_name);
+            v_run_at := now() + openqueue._backoff(
+                v_job.attempts, v_settings.backoff_base, v_settings.backoff_max
+            );
+        else
+            v_run_at := now() + oq_nack.retry_in;
+        end if;
+        -- Backing off: out of the lease index until run_at comes. The
+        -- queue_name filter keeps the write on one shard on Citus.
+        update openqueue.live_jobs as lj
+        set
+            status = 'failed',
+            run_at = v_run_at,
+            due = v_run_at <= now(),
+            lease_token = null,
+            lease_expires_at = null,
+            errors = v_errors
+        where lj.queue_name = v_job.queue_name
+          and lj.id = v_job.id;
+        perform pg_notify('openqueue_scheduled', v_job.queue_name);
+        return 'failed';
+    end if;
+
+    delete from openqueue.live_jobs as lj
+    where lj.queue_name = v_job.queue_name
+      and lj.id = v_job.id;
+    insert into openqueue.finished_jobs (
+        id, queue_name, status, priority, run_at, attempts, max_attempts,
+        leased_by, payload, errors, idempotency_key, created_at, finished_at
+    )
+    values (
+        v_job.id, v_job.queue_name, 'dead', v_job.priority, v_job.run_at, v_job.attempts,
+        v_job.max_attempts, v_job.leased_by, v_job.payload, v_errors, v_job.idempotency_key,
+        v_job.created_at, now()
+    );
+    return 'dead';
+end;
+$$;
+
+comment on function openqueue.oq_nack(bigint, uuid, text, interval, boolean, text) is
+'Report that the attempt holding lease_token on job_id failed with error '
+'(appended to the job''s errors). With attempts left and retry (default '
+'true) the job becomes failed and leasable again at now() + retry_in, or '
+'after exponential backoff when retry_in is NULL; otherwise it becomes dead. '
+'Returns ''failed'', ''dead'', or NULL when the lease is not held (or '
+'queue_name is given and not the job''s queue). queue_name (optional) lets '
+'Citus route the call to the node holding the job.';
+
+create function openqueue.oq_ack_many(
+    job_ids bigint[],
+    lease_tokens uuid[],
+    results jsonb[] default null,
+    queue_name text default null
+)
+returns setof bigint
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if oq_ack_many.job_ids is null then
+        perform openqueue._raise_null('job_ids');
+    end if;
+    if oq_ack_many.lease_tokens is null then
+        perform openqueue._raise_null('lease_tokens');
+    end if;
+    if cardinality(oq_ack_many.lease_tokens) <> cardinality(oq_ack_many.job_ids) then
+        perform openqueue._raise_invalid(
+            'lease_tokens',
+            format(
+                'must have as many elements as job_ids (%s), got %s',
+                cardinality(oq_ack_many.job_ids), cardinality(oq_ack_many.lease_tokens)
+            )
+        );
+    end if;
+    if cardinality(oq_ack_many.results) <> cardinality(oq_ack_many.job_ids) then
+        perform openqueue._raise_invalid(
+            'results',
+            format(
+                'must have as many elements as job_ids (%s), got %s',
+                cardinality(oq_ack_many.job_ids), cardinality(oq_ack_many.results)
+            )
+        );
+    end if;
+    -- oq_ack(NULL, ...) raises, so a NULL element does too.
+    if array_position(oq_ack_many.job_ids, null) is not null then
+        perform openqueue._raise_null('job_ids element');
+    end if;
+    if array_position(oq_ack_many.lease_tokens, null) is not null then
+        perform openqueue._raise_null('lease_tokens element');
+    end if;
+    if oq_ack_many.queue_name is not null and openqueue._route() then
+        return query
+        select r.id
+        from openqueue._routed_ack_many(
+            oq_ack_many.queue_name, oq_ack_many.job_ids, oq_ack_many.lease_tokens,
+            oq_ack_many.results
+        ) as r (id);
+        return;
+    end if;
+
+    -- One DELETE ... RETURNING for the whole batch, joined on the arrays
+    -- unnested side by side. A (job, token) pair given twice is acked once,
+    -- with the result of its first occurrence; a stale or wrong token matches
+    -- no row and its id is simply absent. Ids come back in input order.
+    return query
+    with input as (
+        select distinct on (u.job_id, u.lease_token)
+            u.job_id, u.lease_token, u.result, u.ordinality
+        from unnest(
+            oq_ack_many.job_ids,
+            oq_ack_many.lease_tokens,
+            coalesce(oq_ack_many.results, array[]::jsonb[])
+        ) with ordinality as u (job_id, lease_token, result, ordinality)
+        order by u.job_id, u.lease_token, u.ordinality
+    ),
+
+    done as (
+        delete from openqueue.live_jobs as lj
+        using input as i
+        where lj.id = i.job_id
+          and lj.status = 'processing'
+          and lj.lease_token = i.lease_token
+          and (oq_ack_many.queue_name is null or lj.queue_name = oq_ack_many.queue_name)
+        returning lj.*, i.result as ack_result, i.ordinality
+    ),
+
+    moved as (  -- noqa: ST03
+        insert into openqueue.finished_jobs (
+            id, queue_name, status, priority, run_at, attempts, max_attempts,
+            leased_by, payload, result, errors, idempotency_key, created_at, finished_at
+        )
+        select
+            d.id, d.queue_name, 'completed', d.priority, d.run_at, d.attempts, d.max_attempts,
+            d.leased_by, d.payload, d.ack_result, d.errors, d.idempotency_key, d.created_at, now()
+        from done as d
+    )
+
+    select d.id
+    from done as d
+    order by d.ordinality;
+end;
+$$;
+
+comment on function openqueue.oq_ack_many(bigint[], uuid[], jsonb[], text) is
+'Ack a batch in one statement: element i is acked exactly as '
+'oq_ack(job_ids[i], lease_tokens[i], results[i], queue_name) would be '
+'(results NULL: no results stored). Returns the ids it completed, in input '
+'order; an id whose token does not hold the current lease (or whose job is '
+'not of queue_name, when given) is absent. A pair given twice is acked once. '
+'Errors 22004 for a NULL array or element, 22023 for arrays of different lengths.';
+
+-- ---------------------------------------------------------------------------
+-- The routed functions: Citus knows them as distributed by queue_name
+-- (oq_distribute registers them); each turns routing off and calls the
+-- public function, which then runs its body on this node. Never granted:
+-- only the SECURITY DEFINER oq_* functions call them.
+-- ---------------------------------------------------------------------------
+
+create function openqueue._routed_enqueue(
+    queue_name text,
+    payload jsonb,
+    priority integer,
+    run_at timestamptz,
+    max_attempts integer,
+    idempotency_key text
+)
+returns bigint
+language plpgsql
+set search_path = pg_catalog, pg_temp
+set openqueue.route = 'off'
+as $$
+begin
+    return openqueue.oq_enqueue(
+        _routed_enqueue.queue_name, _routed_enqueue.payload, _routed_enqueue.priority,
+        _routed_enqueue.run_at, _routed_enqueue.max_attempts, _routed_enqueue.idempotency_key
+    );
+end;
+$$;
+
+comment on function openqueue._routed_enqueue(text, jsonb, integer, timestamptz, integer, text) is
+'Internal: oq_enqueue on the node holding queue_name (Citus delegates it by queue_name).';
+
+create function openqueue._routed_enqueue_batch(
+    queue_name text,
+    payloads jsonb,
+    priority integer,
+    run_at timestamptz,
+    max_attempts integer
+)
+returns setof bigint
+language plpgsql
+set search_path = pg_catalog, pg_temp
+set openqueue.route = 'off'
+as $$
+begin
+    return query
+    select r.id
+    from openqueue.oq_enqueue_batch(
+        _routed_enqueue_batch.queue_name, _routed_enqueue_batch.payloads,
+        _routed_enqueue_batch.priority, _routed_enqueue_batch.run_at,
+        _routed_enqueue_batch.max_attempts
+    ) as r (id);
+end;
+$$;
+
+comment on function openqueue._routed_enqueue_batch(text, jsonb, integer, timestamptz, integer) is
+'Internal: oq_enqueue_batch on the node holding queue_name (Citus delegates it by queue_name).';
+
+create function openqueue._routed_lease(
+    queue_name text,
+    worker_id text,
+    lease_seconds integer,
+    batch_size integer
+)
+returns table (
+    id bigint,
+    payload jsonb,
+    priority integer,
+    attempts integer,
+    max_attempts integer,
+    run_at timestamptz,
+    created_at timestamptz,
+    lease_token uuid,
+    lease_expires_at timestamptz
+)
+language plpgsql
+set search_path = pg_catalog, pg_temp
+set openqueue.route = 'off'
+as $$
+begin
+    return query
+    select *
+    from openqueue.oq_lease(
+        _routed_lease.queue_name, _routed_lease.worker_id,
+        _routed_lease.lease_seconds, _routed_lease.batch_size
+    );
+end;
+$$;
+
+comment on function openqueue._routed_lease(text, text, integer, integer) is
+'Internal: oq_lease on the node holding queue_name (Citus delegates it by queue_name).';
+
+create function openqueue._routed_heartbeat(
+    queue_name text,
+    job_id bigint,
+    lease_token uuid,
+    lease_seconds integer
+)
+returns timestamptz
+language plpgsql
+set search_path = pg_catalog, pg_temp
+set openqueue.route = 'off'
+as $$
+begin
+    return openqueue.oq_heartbeat(
+        _routed_heartbeat.job_id, _routed_heartbeat.lease_token,
+        _routed_heartbeat.lease_seconds, _routed_heartbeat.queue_name
+    );
+end;
+$$;
+
+comment on function openqueue._routed_heartbeat(text, bigint, uuid, integer) is
+'Internal: oq_heartbeat on the node holding queue_name (Citus delegates it by queue_name).';
+
+create function openqueue._routed_ack(
+    queue_name text,
+    job_id bigint,
+    lease_token uuid,
+    result jsonb
+)
+returns boolean
+language plpgsql
+set search_path = pg_catalog, pg_temp
+set openqueue.route = 'off'
+as $$
+begin
+    return openqueue.oq_ack(
+        _routed_ack.job_id, _routed_ack.lease_token, _routed_ack.result, _routed_ack.queue_name
+    );
+end;
+$$;
+
+comment on function openqueue._routed_ack(text, bigint, uuid, jsonb) is
+'Internal: oq_ack on the node holding queue_name (Citus delegates it by queue_name).';
+
+create function openqueue._routed_nack(
+    queue_name text,
+    job_id bigint,
+    lease_token uuid,
+    error text,
+    retry_in interval,
+    retry boolean
+)
+returns text
+language plpgsql
+set search_path = pg_catalog, pg_temp
+set openqueue.route = 'off'
+as $$
+begin
+    return openqueue.oq_nack(
+        _routed_nack.job_id, _routed_nack.lease_token, _routed_nack.error,
+        _routed_nack.retry_in, _routed_nack.retry, _routed_nack.queue_name
+    );
+end;
+$$;
+
+comment on function openqueue._routed_nack(text, bigint, uuid, text, interval, boolean) is
+'Internal: oq_nack on the node holding queue_name (Citus delegates it by queue_name).';
+
+create function openqueue._routed_ack_many(
+    queue_name text,
+    job_ids bigint[],
+    lease_tokens uuid[],
+    results jsonb[]
+)
+returns setof bigint
+language plpgsql
+set search_path = pg_catalog, pg_temp
+set openqueue.route = 'off'
+as $$
+begin
+    return query
+    select r.id
+    from openqueue.oq_ack_many(
+        _routed_ack_many.job_ids, _routed_ack_many.lease_tokens,
+        _routed_ack_many.results, _routed_ack_many.queue_name
+    ) as r (id);
+end;
+$$;
+
+comment on function openqueue._routed_ack_many(text, bigint[], uuid[], jsonb[]) is
+'Internal: oq_ack_many on the node holding queue_name (Citus delegates it by queue_name).';
+
+-- ---------------------------------------------------------------------------
+-- oq_distribute, oq_nodes.
+-- ---------------------------------------------------------------------------
+
+-- What oq_distribute distributes. A table is one line: its name, and whether
+-- it has a queue_name column (distributed by it, co-located with live_jobs)
+-- or not (a reference table, copied to every node). A routed function is one
+-- line too: its signature, queue_name being its first argument.
+create function openqueue._distribution_plan(
+    out tables text[],
+    out routed_functions text[]
+)
+language sql
+immutable
+set search_path = pg_catalog, pg_temp
+as $$
+    select
+        array[
+            'openqueue.live_jobs',  -- first: the co-location anchor
+            'openqueue.finished_jobs',
+            'openqueue.idempotency_keys',
+            'openqueue.queues',
+            'openqueue.queue_limits',
+            'openqueue.queue_waiters',
+            'openqueue.finished_counts'
+        ],
+        array[
+            'openqueue._routed_enqueue(text, jsonb, integer, timestamptz, integer, text)',
+            'openqueue._routed_enqueue_batch(text, jsonb, integer, timestamptz, integer)',
+            'openqueue._routed_lease(text, text, integer, integer)',
+            'openqueue._routed_heartbeat(text, bigint, uuid, integer)',
+            'openqueue._routed_ack(text, bigint, uuid, jsonb)',
+            'openqueue._routed_nack(text, bigint, uuid, text, interval, boolean)',
+            'openqueue._routed_ack_many(text, bigint[], uuid[], jsonb[])'
+        ]
+$$;
+
+comment on function openqueue._distribution_plan() is
+'Internal: the tables oq_distribute distributes (by queue_name, co-located '
+'with the first; a table without queue_name becomes a reference table) and '
+'the functions it routes by their first argument, queue_name.';
+
+create function openqueue.oq_distribute()
+returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_plan record;
+    v_table text;
+    v_anchor text;
+    v_function text;
+    v_key text[];
+    v_constraint text;
+begin
+    if not exists (select from pg_catalog.pg_extension as e where e.extname = 'citus') then
+        raise exception using
+            errcode = '0A000',
+            message = 'oq_distribute() needs the citus extension, which this database does not have',
+            hint = 'create extension citus (on every node), add the worker nodes, then call it again';
+    end if;
+    v_plan := openqueue._distribution_plan();
+    v_anchor := v_plan.tables[1];
+    -- Tables with triggers (live_jobs, finished_jobs) are distributed with
+    -- their triggers, which then fire on the shards: every trigger of
+    -- OpenQueue touches only rows of the same queue, so on the same node.
+    perform set_config('citus.enable_unsafe_triggers', 'on', true);
+    -- Tables and functions in one transaction: one connection per node.
+    perform set_config('citus.multi_shard_modify_mode', 'sequential', true);
+    foreach v_table in array v_plan.tables loop
+        continue when exists (
+            select from pg_catalog.pg_dist_partition as p where p.logicalrelid = v_table::regclass
+        );
+        if not exists (
+            select from pg_catalog.pg_attribute as a
+            where a.attrelid = v_table::regclass and a.attname = 'queue_name' and not a.attisdropped
+        ) then
+            perform create_reference_table(v_table::regclass);
+            continue;
+        end if;
+        -- Citus requires every unique key to contain the distribution column:
+        -- a primary key without queue_name (live_jobs, finished_jobs: the job
+        -- id) gets queue_name appended; ids stay unique (one sequence).
+        select c.conname, array_agg(a.attname::text order by k.ordinality)
+        into v_constraint, v_key
+        from pg_catalog.pg_constraint as c
+        cross join lateral unnest(c.conkey) with ordinality as k (attnum, ordinality)
+        inner join pg_catalog.pg_attribute as a
+            on a.attrelid = c.conrelid and a.attnum = k.attnum
+        where c.conrelid = v_table::regclass and c.contype = 'p'
+        group by c.conname;
+        if v_constraint is not null and not 'queue_name' = any(v_key) then
+            execute format(
+                'alter table %s drop constraint %I, add constraint %I primary key (%s, queue_name)',
+                v_table, v_constraint, v_constraint,
+                (select string_agg(quote_ident(k), ', ') from unnest(v_key) as k)
+            );
+        end if;
+        if v_table = v_anchor then
+            perform create_distributed_table(v_table::regclass, 'queue_name');
+        else
+            perform create_distributed_table(v_table::regclass, 'queue_name', colocate_with => v_anchor);
+        end if;
+    end loop;
+
+    -- Every other function of the schema exists on every node (the routed
+    -- calls run them there); the routed ones are delegated by queue_name.
+    for v_function in
+        select p.oid::regprocedure::text
+        from pg_catalog.pg_proc as p
+        where p.pronamespace = 'openqueue'::regnamespace
+          and not exists (
+              select from pg_catalog.pg_dist_object as o
+              where o.classid = 'pg_catalog.pg_proc'::regclass and o.objid = p.oid
+          )
+          and p.oid::regprocedure::text <> all(v_plan.routed_functions)
+    loop
+        perform create_distributed_function(v_function::regprocedure);
+    end loop;
+    foreach v_function in array v_plan.routed_functions loop
+        continue when exists (
+            select from pg_catalog.pg_dist_object as o
+            where o.classid = 'pg_catalog.pg_proc'::regclass
+              and o.objid = v_function::regprocedure
+              and o.distribution_argument_index = 0
+        );
+        perform create_distributed_function(
+            v_function::regprocedure, distribution_arg_name => '$1', colocate_with => v_anchor
+        );
+    end loop;
+
+    -- Route the hot path: new sessions of this database from now on, this
+    -- session at once.
+    execute format('alter database %I set openqueue.route = on', current_database());
+    perform set_config('openqueue.route', 'on', false);
+end;
+$$;
+
+comment on function openqueue.oq_distribute() is
+'Citus: distribute the job storage and the per-queue state by queue_name, '
+'co-located (openqueue._distribution_plan lists them), and route each '
+'hot-path call (oq_enqueue, oq_enqueue_batch, oq_lease, and oq_heartbeat, '
+'oq_ack, oq_ack_many, oq_nack given queue_name) to the node holding the '
+'queue. Sessions opened before the call keep running the hot path through '
+'the coordinator until they reconnect. Idempotent. 0A000 without the citus '
+'extension.';
+
+create function openqueue.oq_nodes()
+returns table (node_name text, node_port integer, is_coordinator boolean)
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if pg_catalog.to_regclass('pg_catalog.pg_dist_node') is null then
+        return;
+    end if;
+    -- pg_dist_node exists only with Citus: dynamic SQL, so that this
+    -- function compiles and runs on a plain PostgreSQL too.
+    return query execute
+    'select n.nodename::text, n.nodeport::integer, n.groupid = 0
+     from pg_catalog.pg_dist_node as n
+     where n.isactive and n.noderole = ''primary''
+     order by n.groupid, n.nodeid';
+end;
+$$;
+
+comment on function openqueue.oq_nodes() is
+'The active primary nodes of a Citus cluster (host, port, and whether it is '
+'the coordinator), for listeners: a routed call notifies on the node that '
+'ran it. No rows on a single PostgreSQL.';
+
+-- ---------------------------------------------------------------------------
+-- Security: openqueue_worker may call oq_nodes (the worker runtime does).
+-- Wraps the previous _apply_security so that its role lists stay where
+-- they are; the installer runs this one after the last migration.
+-- ---------------------------------------------------------------------------
+
+alter function openqueue._apply_security() rename to _apply_security_v4;
+
+comment on function openqueue._apply_security_v4() is
+'Internal: the roles, ownership and grants of contract sections 6-8 '
+'(called by openqueue._apply_security).';
+
+create function openqueue._apply_security()
+returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform openqueue._apply_security_v4();
+    if exists (select from pg_catalog.pg_roles as r where r.rolname = 'openqueue_worker') then
+        execute 'grant execute on function openqueue.oq_nodes() to openqueue_worker';
+    end if;
+end;
+$$;
+
+comment on function openqueue._apply_security() is
+'Internal: openqueue._apply_security_v4 (roles, ownership, SECURITY DEFINER, '
+'grants of contract sections 6-8), then openqueue_worker may execute '
+'oq_nodes. The installer runs it after the last migration on every run; '
+'idempotent.';
+$oq_0005$;
+        insert into openqueue.schema_migrations (version, name)
+        values (5, '0005_scale_out');
+        raise notice 'openqueue: applied migration 0005_scale_out';
     end if;
     if to_regprocedure('openqueue._apply_security()') is not null then
         perform openqueue._apply_security();
