@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint sql fmt bench bench-large bench-soak chaos clean
+.PHONY: test lint sql fmt bench bench-large bench-soak chaos clean test-citus
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml
 ## test: lint, then the whole test suite (embedded PostgreSQL unless OPENQUEUE_TEST_DSN is set)
 test: lint
 	$(BIN)/python -m pytest
+
+## test-citus: the scale-out tests on a Citus cluster (coordinator + 2 workers; builds Citus into .cache/citus once)
+test-citus: $(STAMP)
+	OPENQUEUE_TEST_BACKEND=citus $(BIN)/python -m pytest tests/citus
 
 ## lint: SQL (sqlfluff), Python (ruff), and the generated installer is up to date
 lint: $(STAMP)
