@@ -52,9 +52,9 @@ def test_each_hot_path_call_runs_on_exactly_one_worker_node_with_no_two_phase_co
     for queue in ("route_a", "route_b", "route_c", "route_d"):
         port = node_port_of(conn, queue)
         prepared_before = conn.execute("select count(*) from pg_dist_transaction").fetchone()[0]
-        calls = []
+        calls: list[tuple[str, list[tuple[int, str]]]] = []
 
-        def run(name: str, sql: str, params: tuple = ()) -> list[tuple]:
+        def run(name: str, sql: str, params: tuple = (), calls: list = calls) -> list[tuple]:
             log.clear()
             rows = conn.execute(sql, params).fetchall()
             calls.append((name, list(log.entries)))
