@@ -150,7 +150,8 @@ def test_concurrent_leasing_of_one_queue_from_many_connections_hands_each_job_ou
         expected = {
             r[0]
             for r in conn.execute(
-                "select * from openqueue.oq_enqueue_batch(%s, (select jsonb_agg(g) from generate_series(1, 300) g))",
+                "select * from openqueue.oq_enqueue_batch("
+                "%s, (select jsonb_agg(g) from generate_series(1, 300) as g))",
                 (queue,),
             )
         }
