@@ -6,13 +6,18 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint sql fmt bench bench-large bench-soak chaos clean test-citus
+.PHONY: test lint sql fmt bench bench-large bench-soak chaos clean docs demo test-citus
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+## demo: a live tour on an embedded PostgreSQL (DEMO_ARGS="--keep" keeps it up; "--dsn DSN" for your own)
+DEMO_ARGS ?=
+demo: $(STAMP)
+	$(BIN)/openqueue demo $(DEMO_ARGS)
 
 ## test: lint, then the whole test suite (embedded PostgreSQL unless OPENQUEUE_TEST_DSN is set)
 test: lint
@@ -38,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.wakeup
 	$(BIN)/python -m bench.notify
 	$(BIN)/python -m bench.rss
+	$(BIN)/python -m bench.limits
 
 ## bench-large: figures 6 and 9 (10,000,000-row tables; ~7 minutes, several GB of disk)
 bench-large: $(STAMP)
@@ -56,6 +62,10 @@ chaos: $(STAMP)
 ## sql: regenerate sql/openqueue.sql from sql/migrations/
 sql: $(STAMP)
 	$(BIN)/python -c 'import sys; from openqueue_py.migrate import main; sys.exit(main([]))'
+
+## docs: regenerate docs/sql-reference.md from a fresh install's catalog (tests/test_docs.py checks it)
+docs: $(STAMP)
+	$(BIN)/python -m openqueue_py.docgen
 
 ## fmt: format the Python code
 fmt: $(STAMP)

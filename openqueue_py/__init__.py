@@ -10,6 +10,7 @@ from .client_async import AsyncClient
 from .errors import (
     ConnectionFailed,
     InvalidArgument,
+    LeaseGone,
     NotInstalled,
     OpenQueueError,
     SchemaTooNew,
@@ -30,6 +31,7 @@ __all__ = [
     "Job",
     "JobRecord",
     "JobState",
+    "LeaseGone",
     "Leased",
     "NotInstalled",
     "OpenQueueError",

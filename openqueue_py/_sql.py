@@ -18,7 +18,7 @@ from uuid import UUID
 from psycopg.types.json import Jsonb
 
 from .errors import InvalidArgument
-from .models import HealthCheck, Job, JobRecord, JobState, Leased, QueueStats
+from .models import HealthCheck, Job, JobRecord, JobState, Leased, LeaseHandle, QueueStats
 
 T = TypeVar("T")
 Rows = list[tuple[Any, ...]]
@@ -65,6 +65,9 @@ _TYPES = {
     "mode": "text",
     "seconds": "integer",
     "attempt": "integer",
+    "max_running": "integer",
+    "rate_limit": "integer",
+    "rate_period": "interval",
 }
 
 
@@ -195,6 +198,7 @@ def _leased(queue_name: str) -> Callable[[Rows], list[Leased]]:
                     max_attempts=r[4],
                     run_at=r[5],
                     created_at=r[6],
+                    lease=LeaseHandle(r[7]),
                 ),
                 lease_token=r[7],
                 lease_expires_at=r[8],
@@ -435,6 +439,63 @@ def get_job(job_id: int) -> Call[JobRecord | None]:
     )
 
 
+# -- recurring schedules (contract sections 7 and 9) -----------------------------------
+
+_TYPES.update(
+    {
+        "schedule_name": "text",
+        "cron": "text",
+        "timezone": "text",
+        "after": "timestamptz",
+        "as_of": "timestamptz",
+    }
+)
+
+
+def schedule(
+    schedule_name: str,
+    cron: str,
+    queue_name: str,
+    payload: Any,
+    priority: int | None,
+    max_attempts: int | None,
+    timezone: str | None,
+) -> Call[None]:
+    args = {
+        "schedule_name": _text(schedule_name, "schedule_name"),
+        "cron": _text(cron, "cron"),
+        "queue_name": _text(queue_name, "queue_name"),
+        "payload": _json(payload, "payload"),
+        "priority": _integer(priority, "priority"),
+        "max_attempts": _integer(max_attempts, "max_attempts"),
+        "timezone": _text(timezone, "timezone"),
+    }
+    required = _required(args, "schedule_name", "cron", "queue_name")
+    return _call("oq_schedule", required, lambda rows: None)
+
+
+def unschedule(schedule_name: str) -> Call[bool]:
+    args = {"schedule_name": _text(schedule_name, "schedule_name")}
+    return _call("oq_unschedule", _required(args, "schedule_name"), _scalar)
+
+
+def cron_next(cron: str, after: datetime, timezone: str | None) -> Call[datetime]:
+    args = {
+        "cron": _text(cron, "cron"),
+        "after": _timestamp(after, "after"),
+        "timezone": _text(timezone, "timezone"),
+    }
+    if after is not None and not 2 <= after.year < 9990:
+        # The answer may lie up to eight years after it (a leap day): beyond the years
+        # a datetime can hold, psycopg could not read it back.
+        raise InvalidArgument("after must be between the years 2 and 9989 (a datetime holds years 1 to 9999)")
+    return _call("oq_cron_next", _required(args, "cron", "after"), _scalar)
+
+
+def tick(as_of: datetime | None) -> Call[int]:
+    return _call("oq_tick", {"as_of": _timestamp(as_of, "as_of")}, _scalar)
+
+
 # -- the worker runtime's own statements ------------------------------------------------
 # Each wraps a contract function so that the database, not the worker's clock,
 # says how much time is left: intervals come back as seconds (float) computed
@@ -552,6 +613,39 @@ def next_run_in(queue_names: Sequence[str]) -> Call[float | None]:
     )
 
 
+# -- flow control (contract section 8) -----------------------------------------------------
+
+
+def pause_queue(queue_name: str) -> Call[bool]:
+    args = {"queue_name": _text(queue_name, "queue_name")}
+    return _call("oq_pause_queue", _required(args, "queue_name"), _scalar)
+
+
+def resume_queue(queue_name: str) -> Call[bool]:
+    args = {"queue_name": _text(queue_name, "queue_name")}
+    return _call("oq_resume_queue", _required(args, "queue_name"), _scalar)
+
+
+def set_queue_limits(
+    queue_name: str, max_running: int | None, rate_limit: int | None, rate_period: timedelta | None
+) -> Call[None]:
+    # max_running and rate_limit are always sent: NULL means "no limit", not "unchanged".
+    query = (
+        "select openqueue.oq_set_queue_limits(queue_name => %(queue_name)s::text,"
+        " max_running => %(max_running)s::integer, rate_limit => %(rate_limit)s::integer"
+    )
+    args = {
+        "queue_name": _text(queue_name, "queue_name"),
+        "max_running": _integer(max_running, "max_running"),
+        "rate_limit": _integer(rate_limit, "rate_limit"),
+    }
+    _required(args, "queue_name")
+    if rate_period is not None:
+        args["rate_period"] = _interval(rate_period, "rate_period")
+        query += ", rate_period => %(rate_period)s::interval"
+    return Call(query + ")", args, lambda rows: None)
+
+
 def _required(args: dict[str, Any], *names: str) -> dict[str, Any]:
     for name in names:
         if args[name] is None:
@@ -569,3 +663,165 @@ def distribute() -> Call[None]:
 def nodes() -> Call[list[tuple[str, int, bool]]]:
     """The active primary nodes of a Citus cluster: (host, port, is_coordinator); none without Citus."""
     return _call("oq_nodes", {}, lambda rows: [(r[0], r[1], r[2]) for r in rows], table=True)
+
+
+# -- reading openqueue.jobs for operators (the CLI, the dashboard) ----------------------
+# Reads go through the view, column by column: lease_token is never selected.
+
+_JOB_STATES = tuple(state.value for state in JobState)
+
+
+def _job_records(rows: Rows) -> list[JobRecord]:
+    return [record for record in (_job_record([row]) for row in rows) if record is not None]
+
+
+def _job_filters(
+    queue_name: str | None,
+    status: str | None,
+    older_than: timedelta | None,
+    newer_than: timedelta | None,
+) -> tuple[list[str], dict[str, Any]]:
+    """WHERE clauses and parameters for the job filters shared by list_jobs and count_jobs."""
+    if status is not None and (not isinstance(status, str) or status not in _JOB_STATES):
+        raise InvalidArgument(f"status must be one of {', '.join(_JOB_STATES)}, got {status!r}")
+    for name, age in (("older_than", older_than), ("newer_than", newer_than)):
+        if _interval(age, name) is not None and age < timedelta(0):  # type: ignore[operator]
+            raise InvalidArgument(f"{name} must not be negative")
+    params = {
+        "queue_name": _text(queue_name, "queue_name"),
+        "status": status,
+        "older_than": older_than,
+        "newer_than": newer_than,
+    }
+    clauses = {
+        "queue_name": "queue_name = %(queue_name)s::text",
+        "status": "status = %(status)s::text",
+        "older_than": "created_at < now() - %(older_than)s::interval",
+        "newer_than": "created_at >= now() - %(newer_than)s::interval",
+    }
+    sent = {name: value for name, value in params.items() if value is not None}
+    return [clauses[name] for name in sent], sent
+
+
+def list_jobs(
+    queue_name: str | None,
+    status: str | None,
+    older_than: timedelta | None,
+    newer_than: timedelta | None,
+    limit: int | None,
+    offset: int,
+    after_id: int | None,
+) -> Call[list[JobRecord]]:
+    """Jobs from openqueue.jobs, newest first (highest id first).
+
+    ``older_than`` / ``newer_than`` compare ``created_at`` with now();
+    ``after_id`` pages by key: only jobs listed after that id (smaller ids).
+    ``limit`` None: every match.
+    """
+    where, params = _job_filters(queue_name, status, older_than, newer_than)
+    if _integer(limit, "limit") is not None and limit < 1:  # type: ignore[operator]
+        raise InvalidArgument("limit must be at least 1")
+    if _integer(offset, "offset") is None or offset < 0:
+        raise InvalidArgument("offset must be an int of at least 0")
+    if _integer(after_id, "after_id") is not None:
+        where.append("id < %(after_id)s::bigint")
+        params["after_id"] = after_id
+    query = f"select {_JOB_COLUMNS} from openqueue.jobs"
+    if where:
+        query += " where " + " and ".join(where)
+    query += " order by id desc"
+    if limit is not None:
+        query += " limit %(limit)s::bigint"
+        params["limit"] = limit
+    if offset:
+        query += " offset %(offset)s::bigint"
+        params["offset"] = offset
+    return Call(query, params, _job_records)
+
+
+def count_jobs(
+    queue_name: str | None,
+    status: str | None,
+    older_than: timedelta | None,
+    newer_than: timedelta | None,
+) -> Call[int]:
+    """How many jobs of openqueue.jobs match the filters of :func:`list_jobs`."""
+    where, params = _job_filters(queue_name, status, older_than, newer_than)
+    query = "select count(*) from openqueue.jobs"
+    if where:
+        query += " where " + " and ".join(where)
+    return Call(query, params, _scalar)
+
+
+def replay_many(job_ids: Sequence[int]) -> Call[list[int]]:
+    """oq_replay for each id, in one statement: the ids it replayed, in the order given."""
+    ids = _list(job_ids, "job_ids")
+    if ids is None:
+        raise InvalidArgument("job_ids must not be None")
+    checked = [_integer(i, "job_ids[]") for i in ids]
+    if any(i is None for i in checked):
+        raise InvalidArgument("job_ids[] must not contain None")
+    query = (
+        "with replayed as materialized ("
+        " select u.id, u.position, openqueue.oq_replay(job_id => u.id) as done"
+        " from unnest(%(job_ids)s::bigint[]) with ordinality as u (id, position))"
+        " select r.id from replayed as r where r.done order by r.position"
+    )
+    return Call(query, {"job_ids": checked}, _column)
+
+
+# Any constant: the same for every worker, different from the reaper's.
+TICK_LOCK_KEY = "openqueue.tick"
+
+
+def tick_exclusive() -> Call[int | None]:
+    """oq_tick() unless another worker is ticking right now (then NULL, nothing done).
+
+    As with :func:`reap_exclusive`, the transaction-level advisory lock lasts
+    this one autocommit statement: one ticker at a time and nobody waits.
+    oq_tick is safe concurrently anyway; the lock only spares the others the work.
+    """
+    return Call(
+        "select case when pg_try_advisory_xact_lock(hashtextextended(%(key)s, 0))"
+        " then openqueue.oq_tick() end",
+        {"key": TICK_LOCK_KEY},
+        _scalar,
+    )
+
+
+def ack_many_and_lease(
+    job_ids: Sequence[int],
+    lease_tokens: Sequence[UUID],
+    results: Sequence[str | None] | None,
+    queue_name: str,
+    worker_id: str,
+    lease_seconds: int | None,
+    batch_size: int,
+) -> Call[tuple[list[int], list[tuple[Leased, float]]]]:
+    """:func:`ack_many_json` and :func:`lease_timed` in ONE statement, so one transaction.
+
+    The worker's hot path: the jobs that just finished are acked and the slots
+    they freed are refilled with one round trip and one (durable) commit
+    instead of two. Neither call depends on the other (an ack frees no slot
+    the database knows of), and each keeps its own meaning: the statement
+    fails or commits as a whole, and then ``oq_ack_many`` answered exactly as
+    alone. Returns (ids acked, leased rows with the seconds left on their lease).
+    """
+    ack = ack_many_json(job_ids, lease_tokens, results)
+    lease_call = lease(queue_name, worker_id, lease_seconds, batch_size)
+    ack_function = ack.query.removeprefix("select * from ")
+    lease_function = lease_call.query.removeprefix("select * from ")
+    query = (
+        "with acked as materialized (select coalesce(array_agg(a.id), '{}'::bigint[]) as ids"
+        f" from {ack_function} as a (id))"
+        " select acked.ids, l.*, extract(epoch from l.lease_expires_at - now())::float8"
+        f" from acked left join lateral {lease_function} as l on true"
+    )
+    as_leased = _leased(queue_name)
+
+    def decode(rows: Rows) -> tuple[list[int], list[tuple[Leased, float]]]:
+        acked = list(rows[0][0]) if rows else []
+        leased_rows = [r[1:] for r in rows if r[1] is not None]
+        return acked, list(zip(as_leased(leased_rows), (r[9] for r in leased_rows), strict=True))
+
+    return Call(query, {**ack.params, **lease_call.params}, decode)

@@ -333,3 +333,97 @@ class Client:
 
     def get_job(self, job_id: int, *, conn: psycopg.Connection | None = None) -> JobRecord | None:
         return self._run(_sql.get_job(job_id), conn)
+
+    def list_jobs(
+        self,
+        queue_name: str | None = None,
+        status: str | None = None,
+        older_than: timedelta | None = None,
+        newer_than: timedelta | None = None,
+        limit: int | None = 50,
+        offset: int = 0,
+        after_id: int | None = None,
+        *,
+        conn: psycopg.Connection | None = None,
+    ) -> list[JobRecord]:
+        """Rows of ``openqueue.jobs``, newest first, filtered and paged (never the lease token).
+
+        ``status``: a state name; ``older_than`` / ``newer_than``: the job's
+        age (``created_at``) compared with now(); ``limit`` None: every match;
+        ``after_id``: keyset paging, only jobs listed after that id (smaller ids).
+        """
+        call = _sql.list_jobs(queue_name, status, older_than, newer_than, limit, offset, after_id)
+        return self._run(call, conn)
+
+    def count_jobs(
+        self,
+        queue_name: str | None = None,
+        status: str | None = None,
+        older_than: timedelta | None = None,
+        newer_than: timedelta | None = None,
+        *,
+        conn: psycopg.Connection | None = None,
+    ) -> int:
+        """How many jobs :meth:`list_jobs` would return with no limit."""
+        return self._run(_sql.count_jobs(queue_name, status, older_than, newer_than), conn)
+
+    def replay_many(self, job_ids: Sequence[int], *, conn: psycopg.Connection | None = None) -> list[int]:
+        """``oq_replay`` for each id in one statement; the ids replayed (those dead or cancelled)."""
+        return self._run(_sql.replay_many(job_ids), conn)
+
+    def schedule(
+        self,
+        schedule_name: str,
+        cron: str,
+        queue_name: str,
+        payload: Any = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        timezone: str | None = None,
+        *,
+        conn: psycopg.Connection | None = None,
+    ) -> None:
+        """Create or replace a recurring schedule (``oq_schedule``); None: the SQL default."""
+        call = _sql.schedule(schedule_name, cron, queue_name, payload, priority, max_attempts, timezone)
+        self._run(call, conn)
+
+    def unschedule(self, schedule_name: str, *, conn: psycopg.Connection | None = None) -> bool:
+        """Delete a schedule (``oq_unschedule``); False when there is none."""
+        return self._run(_sql.unschedule(schedule_name), conn)
+
+    def cron_next(
+        self,
+        cron: str,
+        after: datetime,
+        timezone: str | None = None,
+        *,
+        conn: psycopg.Connection | None = None,
+    ) -> datetime:
+        """The first slot of cron strictly after ``after``, read in timezone (``oq_cron_next``)."""
+        return self._run(_sql.cron_next(cron, after, timezone), conn)
+
+    def tick(self, as_of: datetime | None = None, *, conn: psycopg.Connection | None = None) -> int:
+        """Fire the schedules due at as_of (None: now); the number of jobs enqueued (``oq_tick``)."""
+        return self._run(_sql.tick(as_of), conn)
+
+    # -- flow control (contract section 8) --
+
+    def pause_queue(self, queue_name: str, *, conn: psycopg.Connection | None = None) -> bool:
+        """Pause queue_name: leases return nothing until resume_queue. True when it was not paused."""
+        return self._run(_sql.pause_queue(queue_name), conn)
+
+    def resume_queue(self, queue_name: str, *, conn: psycopg.Connection | None = None) -> bool:
+        """Resume queue_name (and wake its workers). True when it was paused."""
+        return self._run(_sql.resume_queue(queue_name), conn)
+
+    def set_queue_limits(
+        self,
+        queue_name: str,
+        max_running: int | None = None,
+        rate_limit: int | None = None,
+        rate_period: timedelta | None = None,
+        *,
+        conn: psycopg.Connection | None = None,
+    ) -> None:
+        """Set both limits exactly (None: no limit); rate_period None: 1 second."""
+        self._run(_sql.set_queue_limits(queue_name, max_running, rate_limit, rate_period), conn)

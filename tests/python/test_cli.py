@@ -93,7 +93,7 @@ def test_enqueue_with_delay(runner, dsn, client, conn):
 
 def test_enqueue_with_bad_payload_json(runner, dsn, conn):
     result = runner.invoke(main, ["enqueue", "--dsn", dsn, "--queue", "q", "--payload", "{not json"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # bad arguments
     assert "--payload is not valid JSON" in result.stderr
     assert result.stdout == ""
     assert conn.execute("select count(*) from openqueue.jobs").fetchone()[0] == 0
@@ -101,8 +101,10 @@ def test_enqueue_with_bad_payload_json(runner, dsn, conn):
 
 def test_enqueue_with_a_bad_queue_name(runner, dsn):
     result = runner.invoke(main, ["enqueue", "--dsn", dsn, "--queue", "bad name!"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # the database refused the argument (22023): bad arguments
     assert "queue_name" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "CONTEXT" not in result.stderr
 
 
 def test_stats_json(runner, dsn, client):
@@ -124,6 +126,7 @@ def test_stats_json(runner, dsn, client):
         "cancelled": 0,
     }
     assert isinstance(a["oldest_due_at"], str)
+    assert a["paused"] is False
 
     table = runner.invoke(main, ["stats", "--dsn", dsn])
     assert table.exit_code == 0, table.output
@@ -158,7 +161,8 @@ def test_cancel_and_replay_exit_codes(runner, dsn, client):
     assert client.get_job(job_id).status is JobState.PENDING
 
     unknown = runner.invoke(main, ["cancel", "--dsn", dsn, "999999"])
-    assert unknown.exit_code == 1
+    assert unknown.exit_code == 5  # no such job
+    assert "job 999999 does not exist" in unknown.stderr
     not_a_number = runner.invoke(main, ["cancel", "--dsn", dsn, "abc"])
     assert not_a_number.exit_code == 2  # click usage error
 
@@ -206,7 +210,7 @@ def test_real_subprocess(empty_dsn):
         assert client.get_job(job_id).payload == {"n": 1}
 
     bad = run("enqueue", "--dsn", empty_dsn, "--queue", "sub", "--payload", "[1,")
-    assert bad.returncode == 1
+    assert bad.returncode == 2
     assert "--payload is not valid JSON" in bad.stderr
 
     stats = run("stats", "--dsn", empty_dsn, "--json")

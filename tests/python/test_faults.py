@@ -27,7 +27,7 @@ from psycopg_pool import ConnectionPool
 import openqueue_py
 from openqueue_py import AsyncClient, Client, ConnectionFailed, InvalidArgument, NotInstalled
 from openqueue_py._connect import DEFAULT_CONNECT_TIMEOUT
-from openqueue_py.cli import EXIT_CANNOT_CONNECT, EXIT_FAILED, EXIT_NOT_INSTALLED
+from openqueue_py.cli import EXIT_CANNOT_CONNECT, EXIT_NOT_INSTALLED, EXIT_USAGE
 from openqueue_py.embedded import FAST_SETTINGS, EmbeddedPostgres
 from openqueue_py.errors import NOT_INSTALLED_MESSAGE
 
@@ -227,7 +227,7 @@ def test_verbose_shows_the_full_detail(pg_server) -> None:
 
 def test_a_malformed_dsn_is_one_line_too() -> None:
     done, _ = _cli("stats", dsn="this is not a DSN")
-    assert done.returncode == EXIT_FAILED
+    assert done.returncode == EXIT_USAGE  # a bad option
     (line,) = done.stderr.splitlines()
     assert line.startswith("openqueue: the DSN is not valid")
 

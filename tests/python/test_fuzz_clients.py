@@ -190,6 +190,15 @@ ARGUMENTS: dict[str, tuple[list[Any], st.SearchStrategy[Any]]] = {
     "older_than": ([timedelta(hours=1), timedelta(0)], timedeltas),
     "retry": ([True, False], st.booleans()),
     "include_dead": ([False, True], st.booleans()),
+    # contract section 7
+    "schedule_name": (["s", "s2"], st.one_of(texts, nul_texts)),
+    "cron": (["* * * * *", "0 2 * * 1-5", "@daily"], st.one_of(texts, nul_texts)),
+    "timezone": ([None, "UTC", "Europe/Berlin"], st.one_of(texts, nul_texts)),
+    "after": ([datetime(2024, 1, 1, tzinfo=UTC)], naive_or_extreme_datetimes),
+    "as_of": ([None, datetime(2000, 1, 1, tzinfo=UTC)], naive_or_extreme_datetimes),
+    "max_running": ([None, 2], ints),
+    "rate_limit": ([None, 3], ints),
+    "rate_period": ([None, timedelta(seconds=1)], timedeltas),
 }
 
 

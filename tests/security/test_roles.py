@@ -33,6 +33,9 @@ WORKER = {
     "oq_settled",
     # contract section 10: the worker finds the Citus nodes to LISTEN on
     "oq_nodes",
+    # contract section 7: workers fire schedules
+    "oq_tick",
+    "oq_cron_next",
 }
 
 

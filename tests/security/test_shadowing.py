@@ -81,6 +81,9 @@ SCENARIO: list[tuple[str, str]] = [
         "backoff_base => interval '2 seconds', backoff_max => interval '10 seconds')",
     ),
     ("max payload", "select openqueue.oq_set_queue_max_payload('s', 40)"),
+    ("pause", "select openqueue.oq_pause_queue('s')"),
+    ("resume", "select openqueue.oq_resume_queue('s')"),
+    ("limits", "select openqueue.oq_set_queue_limits('s', max_running => 100, rate_limit => 1000)"),
     ("notify mode", "select openqueue.oq_set_queue_notify('s', 'when_waiting')"),
     ("wait", "select openqueue.oq_wait(array['s'], 'w1', 30)"),
     ("enqueue", "select openqueue.oq_enqueue('s', '{\"a\": 1}')"),
@@ -105,6 +108,7 @@ SCENARIO: list[tuple[str, str]] = [
     ("batch not array", "select * from openqueue.oq_enqueue_batch('s', '{}')"),
     ("lease", "select * from openqueue.oq_lease('s', 'w1', batch_size => 10)"),
     ("lease none", "select * from openqueue.oq_lease('s', 'w1')"),
+    ("unlimit", "select openqueue.oq_set_queue_limits('s')"),
     (
         "heartbeat",
         f"select openqueue.oq_heartbeat(1, {token(1)}, 60)",
@@ -164,6 +168,35 @@ SCENARIO: list[tuple[str, str]] = [
         "from openqueue.queues left join openqueue.queue_limits using (queue_name) order by 1",
     ),
     ("keys", "select queue_name, idempotency_key, job_id from openqueue.idempotency_keys order by 1, 2"),
+    # Contract section 7, after the listings above: slots are absolute times
+    # (aligned to the clock, not to now()), shown as text.
+    (
+        "schedule",
+        "select openqueue.oq_schedule('sch', '*/5 * * * 1-5', 'sq', '{\"s\": 1}', 3, 2, 'Europe/Berlin')",
+    ),
+    ("schedule bad cron", "select openqueue.oq_schedule('sch2', '61 * * * *', 'sq')"),
+    ("schedule bad timezone", "select openqueue.oq_schedule('sch2', '* * * * *', 'sq', timezone => 'XYZ5')"),
+    ("schedule bad name", "select openqueue.oq_schedule('bad name', '* * * * *', 'sq')"),
+    (
+        "cron next",
+        "select openqueue.oq_cron_next('30 2 * * *', '2024-10-26 12:00+00', 'Europe/Berlin')::text, "
+        "openqueue.oq_cron_next('30 2 * * *', '2024-03-30 12:00+00', 'Europe/Berlin')::text, "
+        "openqueue.oq_cron_next('0 0 13 * 5', '2024-09-01 00:00+00')::text",
+    ),
+    ("tick", "select openqueue.oq_tick('2100-01-01 00:00+00')"),
+    ("tick again", "select openqueue.oq_tick('2100-01-01 00:00+00')"),
+    (
+        "schedules",
+        "select schedule_name, cron, queue_name, payload, priority, max_attempts, timezone, "
+        "next_run_at::text, last_run_at::text from openqueue.schedules",
+    ),
+    (
+        "schedule jobs",
+        "select queue_name, payload, priority, max_attempts, run_at::text, idempotency_key, status "
+        "from openqueue.jobs where queue_name operator(pg_catalog.=) 'sq'",
+    ),
+    ("unschedule", "select openqueue.oq_unschedule('sch')"),
+    ("unschedule unknown", "select openqueue.oq_unschedule('sch')"),
 ]
 
 _counter = iter(range(10**6))

@@ -119,7 +119,7 @@ SIGNATURES = {
     "oq_stats": (
         "",
         "TABLE(queue_name text, pending bigint, processing bigint, failed bigint, completed bigint,"
-        " dead bigint, cancelled bigint, oldest_due_at timestamp with time zone)",
+        " dead bigint, cancelled bigint, oldest_due_at timestamp with time zone, paused boolean)",
     ),
     "oq_purge": ("older_than interval, include_dead boolean DEFAULT false", "bigint"),
 }

@@ -28,6 +28,7 @@ FUNCTIONS = [
     "oq_ack_many",
     "oq_cancel",
     "oq_configure_queue",
+    "oq_cron_next",
     "oq_enqueue",
     "oq_enqueue_batch",
     "oq_health",
@@ -36,15 +37,21 @@ FUNCTIONS = [
     "oq_nack",
     "oq_next_run_at",
     "oq_nodes",
+    "oq_pause_queue",
     "oq_purge",
     "oq_purge_batch",
     "oq_reap",
     "oq_replay",
+    "oq_schedule",
+    "oq_resume_queue",
     "oq_schema_version",
+    "oq_set_queue_limits",
     "oq_set_queue_max_payload",
     "oq_set_queue_notify",
     "oq_settled",
     "oq_stats",
+    "oq_tick",
+    "oq_unschedule",
     "oq_wait",
 ]
 
@@ -191,9 +198,18 @@ SENSIBLE: dict[str, list[Any]] = {
     "mode": ["always", "when_waiting"],
     "seconds": [1, 60],
     "attempt": [1, 2],
+    "max_running": [None, 2],
+    "rate_limit": [None, 3],
+    "rate_period": ["1 second", "1 minute"],
     "job_ids": [[1, 2]],
     "lease_tokens": [[str(uuid.UUID(int=1)), str(uuid.UUID(int=2))]],
     "results": [None, ["{}", None]],
+    # contract section 7
+    "schedule_name": ["s", "s2"],
+    "cron": ["* * * * *", "0 2 * * 1-5", "@daily"],
+    "timezone": ["UTC", "Europe/Berlin"],
+    "after": ["now", "2024-01-01 00:00+00"],
+    "as_of": [None, "now"],
 }
 
 
@@ -322,6 +338,9 @@ EXTREMES = [
     ("oq_purge_batch", {"older_than": "0", "include_dead": True, "batch_size": 2**31 - 1}),
     ("oq_next_run_at", {"queue_names": ["q", None, "x" * MEGABYTE]}),
     ("oq_set_queue_max_payload", {"queue_name": "q", "max_bytes": 0}),
+    ("oq_set_queue_limits", {"queue_name": "q", "rate_limit": 2**31 - 1, "rate_period": "178000000 years"}),
+    ("oq_set_queue_limits", {"queue_name": "q", "rate_limit": 1, "rate_period": "infinity"}),
+    ("oq_set_queue_limits", {"queue_name": "q", "rate_limit": 1, "rate_period": "0.000001 seconds"}),
 ]
 
 

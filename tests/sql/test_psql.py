@@ -30,8 +30,8 @@ def test_enqueue_lease_ack_and_stats_from_psql(conn, psql):
     assert job(conn, job_id)["result"] == {"ok": True}
 
     stats = psql("select * from openqueue.oq_stats()")
-    # queue|pending|processing|failed|completed|dead|cancelled|oldest_due_at (NULL prints empty)
-    assert stats.stdout.strip() == "emails|0|0|0|1|0|0|"
+    # queue|pending|processing|failed|completed|dead|cancelled|oldest_due_at (NULL prints empty)|paused
+    assert stats.stdout.strip() == "emails|0|0|0|1|0|0||f"
 
 
 def test_positional_calls_from_psql(conn, psql):

@@ -33,6 +33,7 @@ STATS_COLUMNS = [
     "dead",
     "cancelled",
     "oldest_due_at",
+    "paused",
 ]
 
 

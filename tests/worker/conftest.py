@@ -52,7 +52,7 @@ def job_row(conn: psycopg.Connection, job_id: int) -> dict[str, Any]:
 
 
 class Events(logging.Handler):
-    """Every record of the openqueue.worker logger, for assertions on event names."""
+    """Every record of the openqueue.worker logger, for assertions on event names (``record.event``)."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
@@ -65,7 +65,7 @@ class Events(logging.Handler):
         return [
             r
             for r in list(self.records)
-            if r.getMessage() == event and all(getattr(r, k, None) == v for k, v in fields.items())
+            if getattr(r, "event", None) == event and all(getattr(r, k, None) == v for k, v in fields.items())
         ]
 
 

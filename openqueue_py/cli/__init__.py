@@ -1,126 +1,98 @@
-"""The ``openqueue`` command line (click).
+"""The ``openqueue`` command line (click + rich).
 
-Every command takes ``--dsn`` or reads ``OPENQUEUE_DSN``. An error is one
-line on stderr (``openqueue --verbose ...`` adds its full detail) and an exit
-status that says what kind of error it was: see :data:`EXIT_CODES`.
+Every command takes ``--dsn`` or reads ``OPENQUEUE_DSN`` (else
+``DATABASE_URL``). Read commands take ``--json``; durations are written
+``90s``, ``15m``, ``7d``, ``1h30m`` or plain seconds. An error is one line on
+stderr (``openqueue --verbose ...`` adds its full detail) and an exit status
+that says what kind of error it was: see :data:`EXIT_CODES`.
+
+One module per command group: ``jobs`` (jobs, dead, cancel, replay), ``demo``
+and ``dashboard``; the queue-wide commands and the worker are here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import json
 import logging
 import os
 import signal
 import sys
-import traceback
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from datetime import timedelta
+import time
+from collections.abc import Mapping
+from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
 import click
-import psycopg
 
-from . import _connect
-from .client import Client
-from .errors import ConnectionFailed, NotInstalled, OpenQueueError
-from .migrate import install, installed_version
-
-EXIT_FAILED = 1  # the command ran and failed: refused by the database, job not in that state ...
-EXIT_USAGE = 2  # bad options or arguments (click's own)
-EXIT_CANNOT_CONNECT = 3  # wrong host, port, role, password or database
-EXIT_NOT_INSTALLED = 4  # the database has no openqueue schema: run `openqueue install`
-
-EXIT_CODES = {
-    0: "success",
-    EXIT_FAILED: "the command failed (the database refused it, or the job is not in that state)",
-    EXIT_USAGE: "bad options or arguments",
-    EXIT_CANNOT_CONNECT: "cannot connect (wrong host, port, role, password or database)",
-    EXIT_NOT_INSTALLED: "openqueue is not installed in that database (run `openqueue install`)",
-}
-
-dsn_option = click.option(
-    "--dsn",
-    envvar="OPENQUEUE_DSN",
-    required=True,
-    help="PostgreSQL connection string (or set OPENQUEUE_DSN).",
+from .. import _connect
+from ..client import Client
+from ..migrate import install, installed_version
+from ._common import (
+    EPILOG,
+    EXIT_CANNOT_CONNECT,
+    EXIT_CODES,
+    EXIT_FAILED,
+    EXIT_NOT_FOUND,
+    EXIT_NOT_INSTALLED,
+    EXIT_USAGE,
+    Duration,
+    age,
+    console,
+    dsn_option,
+    echo_json,
+    emit,
+    fail,
+    format_duration,
+    json_option,
+    reported,
+    table,
 )
 
+__all__ = [
+    "EXIT_CANNOT_CONNECT",
+    "EXIT_CODES",
+    "EXIT_FAILED",
+    "EXIT_NOT_FOUND",
+    "EXIT_NOT_INSTALLED",
+    "EXIT_USAGE",
+    "main",
+]
 
-def _fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
-    click.echo(f"openqueue: {message}", err=True)
-    sys.exit(code)
-
-
-def _verbose() -> bool:
-    ctx = click.get_current_context(silent=True)
-    return bool(ctx is not None and ctx.find_root().params.get("verbose"))
-
-
-def _summary(exc: BaseException) -> str:
-    """One line: a database error's primary message, else the first line of the exception."""
-    if isinstance(exc, psycopg.Error) and not isinstance(exc, OpenQueueError) and exc.diag.message_primary:
-        return _connect.one_line(exc.diag.message_primary)
-    text = str(exc).strip()
-    return _connect.one_line(text.splitlines()[0]) if text else type(exc).__name__
+# Kept for code that imported the old module's names.
+_reported = reported
+_fail = fail
 
 
-def _detail(exc: BaseException) -> Iterator[str]:
-    """Everything known about an error and its causes, for --verbose."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        yield f"{type(seen).__module__}.{type(seen).__qualname__}: {str(seen).strip()}"
-        if isinstance(seen, psycopg.Error) and seen.sqlstate:
-            diag = seen.diag
-            yield f"  SQLSTATE: {seen.sqlstate}"
-            for label, value in (("DETAIL", diag.message_detail), ("HINT", diag.message_hint)):
-                if value:
-                    yield f"  {label}: {value}"
-            if diag.context:
-                yield "  CONTEXT: " + diag.context.strip().replace("\n", "\n           ")
-        seen = seen.__cause__
-    yield "".join(traceback.format_exception(exc)).rstrip()
-
-
-@contextmanager
-def _reported() -> Iterator[None]:
-    """Turn a database or OpenQueue error into one line on stderr and its exit status."""
-    try:
-        yield
-    except ConnectionFailed as exc:
-        _report(exc, EXIT_CANNOT_CONNECT)
-    except NotInstalled as exc:
-        _report(exc, EXIT_NOT_INSTALLED)
-    except (psycopg.Error, OpenQueueError) as exc:
-        _report(exc, EXIT_FAILED)
-
-
-def _report(exc: BaseException, code: int) -> NoReturn:
-    if _verbose():
-        click.echo(f"openqueue: {_summary(exc)}", err=True)
-        for line in _detail(exc):
-            click.echo(line, err=True)
-        sys.exit(code)
-    _fail(_summary(exc), code)
-
-
-_EPILOG = "\b\nExit status:\n" + "\n".join(f"  {code}  {meaning}" for code, meaning in EXIT_CODES.items())
-
-
-@click.group(epilog=_EPILOG)
-@click.option("--verbose", "-v", is_flag=True, help="On an error, print its full detail and traceback.")
+@click.group(
+    epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120}
+)
+@click.option(
+    "--verbose",
+    "-v",
+    is_flag=True,
+    help="On an error, print its full detail and traceback (demo: server logs).",
+)
 @click.version_option(package_name="openqueue")
 def main(verbose: bool) -> None:
-    """OpenQueue: a PostgreSQL-native job queue."""
+    """OpenQueue: a PostgreSQL-native job queue.
+
+    \b
+    First steps:
+      openqueue demo                      a live tour on a throw-away PostgreSQL
+      openqueue install --dsn DSN         install or upgrade the schema
+      openqueue stats --dsn DSN --watch   queues at a glance
+      openqueue dead list                 what failed for good, and why
+    """
 
 
-@main.command("install")
+@main.command("install", short_help="Install or upgrade the openqueue schema.")
 @dsn_option
 def install_command(dsn: str) -> None:
     """Install or upgrade the openqueue schema (same as psql -f sql/openqueue.sql)."""
-    with _reported(), _connect.connect(dsn, autocommit=True) as conn:
+    with reported(), _connect.connect(dsn, autocommit=True) as conn:
         before = installed_version(conn)
         install(conn)
         after = installed_version(conn)
@@ -135,7 +107,9 @@ def install_command(dsn: str) -> None:
 @click.option("--queue", "queue_name", required=True, help="Queue name.")
 @click.option("--payload", default="{}", show_default=True, help="JSON payload.")
 @click.option("--priority", type=int, default=None, help="Higher runs first (default 0).")
-@click.option("--delay", type=float, default=None, help="Seconds from now before the job is due.")
+@click.option(
+    "--delay", type=Duration(), default=None, help="How long from now before the job is due (90s, 15m)."
+)
 @click.option("--max-attempts", type=int, default=None, help="Default: the queue's setting.")
 @click.option("--idempotency-key", default=None)
 def enqueue_command(
@@ -143,7 +117,7 @@ def enqueue_command(
     queue_name: str,
     payload: str,
     priority: int | None,
-    delay: float | None,
+    delay: timedelta | None,
     max_attempts: int | None,
     idempotency_key: str | None,
 ) -> None:
@@ -151,91 +125,169 @@ def enqueue_command(
     try:
         value = json.loads(payload)
     except json.JSONDecodeError as exc:
-        _fail(f"--payload is not valid JSON: {exc}")
-    with _reported(), Client(dsn) as client:
+        fail(f"--payload is not valid JSON: {exc}", EXIT_USAGE)
+    with reported(), Client(dsn) as client:
         run_at = None
         if delay is not None:
             with client.connection() as conn:
-                row = conn.execute("select now() + %s", (timedelta(seconds=delay),)).fetchone()
+                row = conn.execute("select now() + %s", (delay,)).fetchone()
                 run_at = row[0] if row else None
         job_id = client.enqueue(queue_name, value, priority, run_at, max_attempts, idempotency_key)
     click.echo(job_id)
 
 
-@main.command("stats")
-@dsn_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def stats_command(dsn: str, as_json: bool) -> None:
-    """Job counts per queue and state."""
-    with _reported(), Client(dsn) as client:
-        rows = client.stats()
-    if as_json:
-        click.echo(
-            json.dumps(
-                [
-                    {
-                        **{k: getattr(r, k) for k in r.__slots__ if k != "oldest_due_at"},
-                        "oldest_due_at": r.oldest_due_at.isoformat() if r.oldest_due_at else None,
-                    }
-                    for r in rows
-                ],
-                indent=2,
-            )
-        )
-        return
-    from rich.console import Console
-    from rich.table import Table
+_COUNTS = ("pending", "processing", "failed", "completed", "dead", "cancelled")
 
-    table = Table("queue", "pending", "processing", "failed", "completed", "dead", "cancelled", "oldest due")
+
+def _stats_table(rows: list[Any], now: datetime) -> Any:
+    extra = [f.name for f in dataclasses.fields(rows[0])] if rows else []
+    extra = [name for name in extra if name not in (*_COUNTS, "queue_name", "oldest_due_at")]
+    grid = table("queue", *_COUNTS, "oldest due", *extra, numeric=_COUNTS)
     for r in rows:
-        table.add_row(
+        grid.add_row(
             r.queue_name,
-            *(str(n) for n in (r.pending, r.processing, r.failed, r.completed, r.dead, r.cancelled)),
-            r.oldest_due_at.isoformat(timespec="seconds") if r.oldest_due_at else "-",
+            *(f"{getattr(r, name):,}" for name in _COUNTS),
+            age(r.oldest_due_at, now),
+            *(str(getattr(r, name)) for name in extra),
         )
-    Console().print(table)
+    if not rows:
+        grid.caption = "no queues yet"
+    return grid
+
+
+def _db_now(client: Client) -> datetime:
+    with client.connection() as conn:
+        row = conn.execute("select now()").fetchone()
+    assert row is not None
+    return row[0]
+
+
+@main.command("stats", short_help="Job counts per queue and state (--watch: live).")
+@dsn_option
+@json_option
+@click.option("--watch", is_flag=True, help="Refresh until Ctrl-C (JSON: one array per line).")
+@click.option(
+    "--interval",
+    type=Duration(positive=True),
+    default="2s",
+    show_default=True,
+    help="Time between refreshes with --watch.",
+)
+@click.option(
+    "--count", type=click.IntRange(min=1), default=None, help="With --watch: stop after N refreshes."
+)
+def stats_command(dsn: str, as_json: bool, watch: bool, interval: timedelta, count: int | None) -> None:
+    """Job counts per queue and state, and how long the oldest due job has waited."""
+    out = console()
+    with reported(), Client(dsn) as client:
+        if not watch:
+            rows = client.stats()
+            if as_json:
+                echo_json(rows)
+            else:
+                emit(out, _stats_table(rows, _db_now(client)))
+            return
+        try:
+            _watch_stats(client, out, as_json, interval.total_seconds(), count)
+        except KeyboardInterrupt:
+            return
+
+
+def _watch_stats(client: Client, out: Any, as_json: bool, seconds: float, count: int | None) -> None:
+    refreshes = 0
+    live = None
+    if not as_json and out.is_terminal:
+        from rich.live import Live
+
+        live = Live(console=out, auto_refresh=False)
+        live.start()
+    try:
+        while count is None or refreshes < count:
+            if refreshes:
+                time.sleep(seconds)
+            rows = client.stats()
+            refreshes += 1
+            if as_json:
+                echo_json(rows, indent=None)
+                continue
+            now = _db_now(client)
+            grid = _stats_table(rows, now)
+            grid.title = f"openqueue stats at {now.isoformat(timespec='seconds')}"
+            if live is not None:
+                live.update(grid, refresh=True)
+            else:
+                emit(out, grid)
+                click.echo()
+    finally:
+        if live is not None:
+            live.stop()
 
 
 @main.command("reap")
 @dsn_option
 def reap_command(dsn: str) -> None:
     """Reclaim jobs whose lease expired; print how many."""
-    with _reported(), Client(dsn) as client:
+    with reported(), Client(dsn) as client:
         click.echo(client.reap())
 
 
-@main.command("purge")
+@main.command("purge", short_help="Delete finished jobs older than a duration.")
 @dsn_option
-@click.option("--older-than", type=float, required=True, help="Age in seconds of finished jobs to delete.")
+@click.option(
+    "--older-than",
+    type=Duration(),
+    required=True,
+    help="Delete finished jobs that finished longer ago than this (7d, 12h, 3600).",
+)
 @click.option("--include-dead", is_flag=True, help="Delete dead jobs too.")
-def purge_command(dsn: str, older_than: float, include_dead: bool) -> None:
-    """Delete finished jobs older than --older-than seconds; print how many."""
-    with _reported(), Client(dsn) as client:
-        click.echo(client.purge(timedelta(seconds=older_than), include_dead))
+def purge_command(dsn: str, older_than: timedelta, include_dead: bool) -> None:
+    """Delete completed and cancelled (and with --include-dead, dead) jobs; print how many."""
+    with reported(), Client(dsn) as client:
+        click.echo(client.purge(older_than, include_dead))
 
 
-@main.command("cancel")
+@main.command("configure", short_help="Set a queue's attempts, lease and backoff.")
 @dsn_option
-@click.argument("job_id", type=int)
-def cancel_command(dsn: str, job_id: int) -> None:
-    """Cancel a pending, failed or processing job."""
-    with _reported(), Client(dsn) as client:
-        done = client.cancel(job_id)
-    if not done:
-        _fail(f"job {job_id} is not pending, failed or processing")
-    click.echo(f"cancelled job {job_id}")
-
-
-@main.command("replay")
-@dsn_option
-@click.argument("job_id", type=int)
-def replay_command(dsn: str, job_id: int) -> None:
-    """Put a dead or cancelled job back to pending."""
-    with _reported(), Client(dsn) as client:
-        done = client.replay(job_id)
-    if not done:
-        _fail(f"job {job_id} is not dead or cancelled")
-    click.echo(f"replayed job {job_id}")
+@click.argument("queue_name", metavar="QUEUE")
+@click.option(
+    "--max-attempts", type=click.IntRange(min=1), default=None, help="Attempts before a job is dead."
+)
+@click.option(
+    "--lease-seconds",
+    "--lease",
+    "lease",
+    type=Duration(positive=True, whole_seconds=True),
+    default=None,
+    help="Lease length (30s, 5m).",
+)
+@click.option(
+    "--backoff-base", type=Duration(positive=True), default=None, help="First retry delay (1s, 200ms)."
+)
+@click.option("--backoff-max", type=Duration(positive=True), default=None, help="Longest retry delay (1h).")
+def configure_command(
+    dsn: str,
+    queue_name: str,
+    max_attempts: int | None,
+    lease: timedelta | None,
+    backoff_base: timedelta | None,
+    backoff_max: timedelta | None,
+) -> None:
+    """Set a queue's defaults; an option left out keeps its current value."""
+    if max_attempts is None and lease is None and backoff_base is None and backoff_max is None:
+        raise click.UsageError(
+            "give at least one of --max-attempts, --lease-seconds, --backoff-base, --backoff-max"
+        )
+    lease_seconds = None if lease is None else int(lease.total_seconds())
+    with reported(), Client(dsn) as client:
+        client.configure_queue(queue_name, max_attempts, lease_seconds, backoff_base, backoff_max)
+    settings = {
+        "max_attempts": max_attempts,
+        "lease_seconds": lease_seconds,
+        "backoff_base": None if backoff_base is None else format_duration(backoff_base),
+        "backoff_max": None if backoff_max is None else format_duration(backoff_max),
+    }
+    changed = " ".join(f"{name}={value}" for name, value in settings.items() if value is not None)
+    click.echo(f"configured queue {queue_name}: {changed}")
 
 
 # -- worker ------------------------------------------------------------------
@@ -286,7 +338,7 @@ def _worker_handlers(queue_specs: tuple[str, ...], app: str | None) -> dict[str,
     return handlers
 
 
-@main.command("worker")
+@main.command("worker", short_help="Run handlers for queues until SIGTERM or SIGINT.")
 @dsn_option
 @click.option(
     "--queue",
@@ -354,6 +406,12 @@ def _worker_handlers(queue_specs: tuple[str, ...], app: str | None) -> dict[str,
     help="Never prepare statements (PgBouncer before 1.21 in transaction pooling mode).",
 )
 @click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    default=None,
+    help="Serve this worker's Prometheus metrics (handler durations, jobs processed) on this port.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     default="INFO",
@@ -375,6 +433,7 @@ def worker_command(
     listen_dsn: str | None,
     prepare_threshold: int,
     no_prepare: bool,
+    metrics_port: int | None,
     log_level: str,
 ) -> None:
     """Run handlers for queues until SIGTERM or SIGINT (a second one exits at once, status 128+signal).
@@ -383,7 +442,7 @@ def worker_command(
     (run on an event loop); mixing the two is refused. Exit status 0 after
     a clean shutdown.
     """
-    from .worker import AsyncWorker, LogFormatter, Worker, _is_async_callable
+    from ..worker import AsyncWorker, LogFormatter, Worker, _is_async_callable
 
     # Like `python -m`, find handler modules in the current directory.
     if os.getcwd() not in sys.path and "" not in sys.path:
@@ -414,12 +473,13 @@ def worker_command(
         "worker_id": worker_id,
         "listen_dsn": listen_dsn,
         "prepare_threshold": None if no_prepare else prepare_threshold,
+        "metrics_port": metrics_port,
     }
     # A second signal reaches these (the worker restores them): exit at once
     # with 128 + the signal's number (130 for SIGINT's KeyboardInterrupt).
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
-        with _reported():
+        with reported():
             if kinds == {True}:
                 async_worker = AsyncWorker(dsn, handlers, **options)
                 asyncio.run(async_worker.run())
@@ -433,5 +493,11 @@ def _exit_on_signal(signum: int, frame: Any) -> NoReturn:
     raise SystemExit(128 + signum)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
+# -- the other command groups -------------------------------------------------------
+
+from . import dashboard as _dashboard  # noqa: E402
+from . import demo as _demo  # noqa: E402
+from . import jobs as _jobs  # noqa: E402
+
+for _command in (*_jobs.COMMANDS, _demo.demo_command, _dashboard.dashboard_command):
+    main.add_command(_command)
