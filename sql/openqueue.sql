@@ -5858,6 +5858,425 @@ comment on function openqueue.oq_ack_many(bigint[], uuid[], jsonb[], text) is
 'Errors 22004 for a NULL array or element, 22023 for arrays of different lengths.';
 
 -- ---------------------------------------------------------------------------
+-- Settings writers that Citus could not run: a function in the DO UPDATE SET
+-- of an INSERT into a distributed table must be immutable (updated_at takes
+-- excluded.updated_at, the column default now(), the same moment), and a
+-- SQL-language function with parameters cannot read a distributed table.
+-- Otherwise version 3 and 4's bodies, unchanged.
+-- ---------------------------------------------------------------------------
+
+
+create or replace function openqueue._max_payload_bytes(queue_name text)
+returns integer
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_bytes integer;
+begin
+    select ql.max_payload_bytes into v_bytes
+    from openqueue.queue_limits as ql
+    where ql.queue_name = _max_payload_bytes.queue_name;
+    return coalesce(v_bytes, 1048576);
+end;
+$$;
+
+comment on function openqueue._max_payload_bytes(text) is
+'Internal: the largest payload (bytes of its JSON text) queue_name accepts; '
+'1048576 (1 MiB) unless set by oq_set_queue_max_payload.';
+
+create or replace function openqueue.oq_configure_queue(
+    queue_name text,
+    max_attempts integer default null,
+    lease_seconds integer default null,
+    backoff_base interval default null,
+    backoff_max interval default null
+)
+returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform openqueue._check_queue_name(oq_configure_queue.queue_name);
+    perform openqueue._check_range('max_attempts', oq_configure_queue.max_attempts, 1, 2147483647);
+    perform openqueue._check_range('lease_seconds', oq_configure_queue.lease_seconds, 1, 86400);
+    if oq_configure_queue.backoff_base < interval '0' then
+        perform openqueue._raise_invalid('backoff_base', 'must not be negative');
+    end if;
+    if oq_configure_queue.backoff_max < interval '0' then
+        perform openqueue._raise_invalid('backoff_max', 'must not be negative');
+    end if;
+
+    insert into openqueue.queues as q (
+        queue_name, max_attempts, lease_seconds, backoff_base, backoff_max
+    )
+    values (
+        oq_configure_queue.queue_name,
+        oq_configure_queue.max_attempts,
+        oq_configure_queue.lease_seconds,
+        oq_configure_queue.backoff_base,
+        oq_configure_queue.backoff_max
+    )
+    on conflict on constraint queues_pkey do update
+    set
+        max_attempts = coalesce(excluded.max_attempts, q.max_attempts),
+        lease_seconds = coalesce(excluded.lease_seconds, q.lease_seconds),
+        backoff_base = coalesce(excluded.backoff_base, q.backoff_base),
+        backoff_max = coalesce(excluded.backoff_max, q.backoff_max),
+        updated_at = excluded.updated_at;
+end;
+$$;
+
+comment on function openqueue.oq_configure_queue(text, integer, integer, interval, interval) is
+'Set per-queue defaults: max_attempts for new jobs, lease_seconds for leases '
+'and heartbeats (1 to 86400), backoff_base and backoff_max for retries. A NULL '
+'argument leaves that setting unchanged. Built-in defaults: 5 attempts, 30 '
+'seconds, 1 second, 1 hour.';
+
+create or replace function openqueue.oq_set_queue_notify(queue_name text, mode text)
+returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform openqueue._check_queue_name(oq_set_queue_notify.queue_name);
+    if oq_set_queue_notify.mode is null then
+        perform openqueue._raise_null('mode');
+    elsif oq_set_queue_notify.mode not in ('always', 'when_waiting') then
+        perform openqueue._raise_invalid(
+            'mode', format('must be ''always'' or ''when_waiting'', got %L', oq_set_queue_notify.mode)
+        );
+    end if;
+    insert into openqueue.queues as q (queue_name, notify_mode)
+    values (oq_set_queue_notify.queue_name, oq_set_queue_notify.mode)
+    on conflict on constraint queues_pkey do update
+    set
+        notify_mode = excluded.notify_mode,
+        updated_at = excluded.updated_at;
+end;
+$$;
+
+comment on function openqueue.oq_set_queue_notify(text, text) is
+'Set when enqueues into queue_name send NOTIFY openqueue: mode ''always'' '
+'(the default: every enqueue of a due job, and openqueue_scheduled for a '
+'future one) or ''when_waiting'' (only while a worker is registered by '
+'oq_wait; saves the cost of notifications nobody waits for). Errors '
+'22004/22023 for a bad queue_name or mode.';
+
+create or replace function openqueue.oq_set_queue_max_payload(
+    queue_name text,
+    max_bytes integer default null  -- null: the built-in default
+)
+returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform openqueue._check_queue_name(oq_set_queue_max_payload.queue_name);
+    perform openqueue._check_range('max_bytes', oq_set_queue_max_payload.max_bytes, 1, 1073741823);
+
+    insert into openqueue.queues as q (queue_name)
+    values (oq_set_queue_max_payload.queue_name)
+    on conflict on constraint queues_pkey do update
+    set updated_at = excluded.updated_at;
+
+    if oq_set_queue_max_payload.max_bytes is null then
+        delete from openqueue.queue_limits as ql
+        where ql.queue_name = oq_set_queue_max_payload.queue_name;
+    else
+        insert into openqueue.queue_limits as ql (queue_name, max_payload_bytes)
+        values (oq_set_queue_max_payload.queue_name, oq_set_queue_max_payload.max_bytes)
+        on conflict on constraint queue_limits_pkey do update
+        set
+            max_payload_bytes = excluded.max_payload_bytes,
+            updated_at = excluded.updated_at;
+    end if;
+end;
+$$;
+
+comment on function openqueue.oq_set_queue_max_payload(text, integer) is
+'Set the largest payload queue_name accepts, in bytes of the payload''s JSON '
+'text (1 to 1073741823); NULL restores the built-in default of 1048576 (1 MiB). '
+'oq_enqueue and oq_enqueue_batch refuse a larger payload with 22023. Errors '
+'22004/22023 for a bad queue_name or max_bytes out of range.';
+
+create or replace function openqueue.oq_set_queue_limits(
+    queue_name text,
+    max_running integer default null,  -- null: no limit
+    rate_limit integer default null,  -- null: no limit
+    rate_period interval default '1 second'  -- null: 1 second
+)
+returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_period interval := coalesce(oq_set_queue_limits.rate_period, interval '1 second');
+    v_period_us numeric;
+    v_old_rate integer;
+    v_old_period_us numeric;
+begin
+    perform openqueue._check_queue_name(oq_set_queue_limits.queue_name);
+    perform openqueue._check_range('max_running', oq_set_queue_limits.max_running, 1, 2147483647);
+    perform openqueue._check_range('rate_limit', oq_set_queue_limits.rate_limit, 1, 2147483647);
+    if v_period <= interval '0' or not isfinite(v_period) then
+        perform openqueue._raise_invalid('rate_period', format('must be positive and finite, got %s', v_period));
+    end if;
+    v_period_us := floor(extract(epoch from v_period) * 1000000);
+
+    if oq_set_queue_limits.max_running is not null or oq_set_queue_limits.rate_limit is not null then
+        perform openqueue._flow_control_enable();
+    end if;
+
+    -- Serialise with the queue's leases (see _flow_admit), then read the
+    -- old rate.
+    insert into openqueue.queue_flow as f (queue_name)
+    values (oq_set_queue_limits.queue_name)
+    on conflict on constraint queue_flow_pkey do nothing;
+    perform
+    from openqueue.queue_flow as f
+    where f.queue_name = oq_set_queue_limits.queue_name
+    for update;
+    select q.rate_limit, floor(extract(epoch from q.rate_period) * 1000000)
+    into v_old_rate, v_old_period_us
+    from openqueue.queues as q
+    where q.queue_name = oq_set_queue_limits.queue_name;
+
+    insert into openqueue.queues as q (queue_name, max_running, rate_limit, rate_period)
+    values (
+        oq_set_queue_limits.queue_name, oq_set_queue_limits.max_running,
+        oq_set_queue_limits.rate_limit, v_period
+    )
+    on conflict on constraint queues_pkey do update
+    set
+        max_running = excluded.max_running,
+        rate_limit = excluded.rate_limit,
+        rate_period = excluded.rate_period,
+        updated_at = excluded.updated_at;
+
+    -- The bucket keeps the whole tokens it held, up to the new capacity, so
+    -- that setting limits again never grants a burst the old ones would not
+    -- have; a queue that had no rate_limit starts full.
+    update openqueue.queue_flow as f
+    set tokens = case
+        when oq_set_queue_limits.rate_limit is null or v_old_rate is null or f.tokens is null then null
+        else least(
+            oq_set_queue_limits.rate_limit * v_period_us,
+            div(f.tokens, v_old_period_us) * v_period_us
+        )
+    end
+    where f.queue_name = oq_set_queue_limits.queue_name;
+end;
+$$;
+
+comment on function openqueue.oq_set_queue_limits(text, integer, integer, interval) is
+'Set both flow limits of queue_name exactly (NULL: no limit). max_running: at '
+'no moment are more than this many of its jobs processing, whatever the '
+'number of workers, connections and batch sizes (a lease returns fewer rows, '
+'or none). rate_limit per rate_period (default 1 second): over any stretch '
+'of time of length T, at most rate_limit * (T / rate_period + 1) jobs are '
+'leased (a token bucket holding up to rate_limit leases). Limits are enforced '
+'for every caller of oq_lease. Errors 22004/22023 for a bad queue_name, '
+'max_running or rate_limit < 1, rate_period not positive.';
+
+create or replace function openqueue.oq_schedule(
+    schedule_name text,
+    cron text,
+    queue_name text,
+    payload jsonb default '{}',
+    priority integer default 0,
+    max_attempts integer default null,  -- null: the queue's setting when a job is enqueued
+    timezone text default 'UTC'
+)
+returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_spec record;
+    v_timezone text := coalesce(oq_schedule.timezone, 'UTC');
+    v_payload jsonb := coalesce(oq_schedule.payload, '{}');
+    v_max_payload integer;
+    v_size bigint;
+    v_last_run_at timestamptz;
+    v_next_run_at timestamptz;
+begin
+    perform openqueue._check_queue_name(oq_schedule.schedule_name, 'schedule_name');
+    if oq_schedule.cron is null then
+        perform openqueue._raise_null('cron');
+    end if;
+    perform openqueue._check_queue_name(oq_schedule.queue_name);
+    perform openqueue._check_range('max_attempts', oq_schedule.max_attempts, 1, 2147483647);
+    perform openqueue._check_timezone(v_timezone);
+    v_spec := openqueue._cron_parse(oq_schedule.cron);
+    -- Refused now rather than at every slot by oq_enqueue.
+    v_max_payload := openqueue._max_payload_bytes(oq_schedule.queue_name);
+    v_size := octet_length(v_payload::text);
+    if v_size > v_max_payload then
+        perform openqueue._raise_invalid(
+            'payload',
+            format(
+                'is %s bytes, more than the %s bytes queue %s accepts',
+                v_size, v_max_payload, oq_schedule.queue_name
+            )
+        );
+    end if;
+
+    -- Replacing keeps last_run_at, and the next slot comes after it too:
+    -- a slot that already fired never fires again. The row lock orders this
+    -- with a concurrent oq_tick of the schedule; the next slot is computed
+    -- here, not in the DO UPDATE (Citus allows no stable function there).
+    select cs.last_run_at into v_last_run_at
+    from openqueue.cron_schedules as cs
+    where cs.schedule_name = oq_schedule.schedule_name
+    for update;
+    v_next_run_at := openqueue._cron_next(
+        v_spec.minutes, v_spec.hours, v_spec.days, v_spec.months, v_spec.weekdays,
+        greatest(now(), v_last_run_at), v_timezone
+    );
+    insert into openqueue.cron_schedules as cs (
+        schedule_name, cron, queue_name, payload, priority, max_attempts, timezone,
+        next_run_at, cron_minutes, cron_hours, cron_days, cron_months, cron_weekdays
+    )
+    values (
+        oq_schedule.schedule_name,
+        oq_schedule.cron,
+        oq_schedule.queue_name,
+        v_payload,
+        coalesce(oq_schedule.priority, 0),
+        oq_schedule.max_attempts,
+        v_timezone,
+        v_next_run_at,
+        v_spec.minutes, v_spec.hours, v_spec.days, v_spec.months, v_spec.weekdays
+    )
+    on conflict on constraint cron_schedules_pkey do update
+    set
+        cron = excluded.cron,
+        queue_name = excluded.queue_name,
+        payload = excluded.payload,
+        priority = excluded.priority,
+        max_attempts = excluded.max_attempts,
+        timezone = excluded.timezone,
+        next_run_at = excluded.next_run_at,
+        cron_minutes = excluded.cron_minutes,
+        cron_hours = excluded.cron_hours,
+        cron_days = excluded.cron_days,
+        cron_months = excluded.cron_months,
+        cron_weekdays = excluded.cron_weekdays,
+        updated_at = excluded.updated_at;
+end;
+$$;
+
+comment on function openqueue.oq_schedule(text, text, text, jsonb, integer, integer, text) is
+'Create the recurring schedule schedule_name, or replace its definition. '
+'Each slot of cron (see oq_cron_next), read in timezone (IANA name, default '
+'UTC), enqueues one job into queue_name with payload (default {}), priority '
+'(default 0) and max_attempts (NULL: the queue''s setting) when oq_tick runs. '
+'The next slot is the first one strictly after now(); replacing keeps '
+'last_run_at and never fires again a slot that already fired. NULL payload, '
+'priority or timezone mean their defaults. Errors: 22004/22023 naming the '
+'argument for a bad schedule_name (queue-name rules), cron, queue_name, '
+'max_attempts < 1, unknown timezone, or a payload larger than the queue accepts.';
+
+-- oq_tick runs on the coordinator and enqueues into queues on any node: its
+-- oq_enqueue calls run there too (routing off for the call, whatever the
+-- database says), so that their NOTIFY is raised on the coordinator and a
+-- tick firing schedules of queues on two nodes can commit (a worker node
+-- that notified could not take part in the two-phase commit). Version 4's
+-- body otherwise.
+-- enable_seqscan = off: until the table is analyzed the planner guesses a
+-- third of the rows due and reads a thousand schedules with a sequential
+-- scan; the index on next_run_at reads only the due ones, whatever the
+-- statistics say. (Nested calls, oq_enqueue's, are key lookups anyway.)
+create or replace function openqueue.oq_tick(as_of timestamptz default now())
+returns integer
+language plpgsql
+set search_path = pg_catalog, pg_temp
+set enable_seqscan = off
+as $$
+declare
+    v_as_of timestamptz := coalesce(oq_tick.as_of, now());
+    s openqueue.cron_schedules;
+    v_slot timestamptz;
+    v_key text;
+    v_count integer := 0;
+    v_batch integer;
+    v_fired boolean;
+    v_route text := current_setting('openqueue.route', true);
+begin
+    if not isfinite(v_as_of) then
+        perform openqueue._raise_invalid('as_of', 'must be a finite timestamp');
+    end if;
+    -- Routing off for this call (put back below): see above.
+    perform set_config('openqueue.route', 'off', true);
+    -- Batches in next_run_at order through the index; SKIP LOCKED leaves a
+    -- schedule another ticker holds to that ticker, and a row it updated
+    -- meanwhile is read again and no longer due. A processed row is due no
+    -- more, so the loop ends when a batch comes back short.
+    loop
+        v_batch := 0;
+        for s in
+            select cs.*
+            from openqueue.cron_schedules as cs
+            where cs.next_run_at <= v_as_of
+            order by cs.next_run_at
+            limit 100
+            for update skip locked
+        loop
+            v_batch := v_batch + 1;
+            v_slot := openqueue._cron_latest(s, v_as_of);
+            v_key := 'schedule:' || s.schedule_name || ':' || extract(epoch from v_slot)::bigint;
+            -- The row lock makes this ticker the only one firing this
+            -- schedule now; the idempotency key is the backstop (a schedule
+            -- dropped and created again), and only a real insert counts.
+            v_fired := true;
+            if octet_length(s.payload::text) > openqueue._max_payload_bytes(s.queue_name) then
+                -- A limit lowered after oq_schedule: skip this slot, do not
+                -- fail the whole tick (and every other schedule with it).
+                v_fired := false;
+                raise warning 'openqueue: schedule % skipped its slot %: its payload is larger than queue % accepts',
+                s.schedule_name, v_slot, s.queue_name;
+            elsif not exists (
+                select from openqueue.idempotency_keys as ik
+                where ik.queue_name = s.queue_name and ik.idempotency_key = v_key
+            ) then
+                perform openqueue.oq_enqueue(
+                    queue_name => s.queue_name,
+                    payload => s.payload,
+                    priority => s.priority,
+                    run_at => v_slot,
+                    max_attempts => s.max_attempts,
+                    idempotency_key => v_key
+                );
+                v_count := v_count + 1;
+            end if;
+            update openqueue.cron_schedules as cs
+            set
+                last_run_at = case when v_fired then v_slot else cs.last_run_at end,
+                next_run_at = openqueue._cron_next(
+                    s.cron_minutes, s.cron_hours, s.cron_days, s.cron_months, s.cron_weekdays,
+                    v_as_of, s.timezone
+                )
+            where cs.schedule_name = s.schedule_name;
+        end loop;
+        exit when v_batch < 100;
+    end loop;
+    perform set_config('openqueue.route', coalesce(v_route, ''), true);
+    return v_count;
+end;
+$$;
+
+comment on function openqueue.oq_tick(timestamptz) is
+'Fire due schedules: for every schedule whose next slot is <= as_of (default '
+'and NULL: now()), enqueue ONE job for the latest such slot (earlier missed '
+'slots are skipped) into its queue with its payload, priority and '
+'max_attempts, run_at = the slot, idempotency_key = ''schedule:'' || '
+'schedule_name || '':'' || extract(epoch from slot)::bigint; then move its '
+'next slot to the first one after as_of. Returns the number of jobs enqueued. '
+'Safe to call concurrently and often: each slot is enqueued at most once.';
+
+-- ---------------------------------------------------------------------------
 -- The routed functions: Citus knows them as distributed by queue_name
 -- (oq_distribute registers them); each turns routing off and calls the
 -- public function, which then runs its body on this node. Never granted:
