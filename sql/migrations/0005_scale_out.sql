@@ -1348,6 +1348,235 @@ comment on function openqueue.oq_tick(timestamptz) is
 'Safe to call concurrently and often: each slot is enqueued at most once.';
 
 -- ---------------------------------------------------------------------------
+-- oq_reap: on Citus, one reap per queue with expired leases (Citus runs
+-- FOR UPDATE only on one shard, found by an equality on queue_name). The
+-- first read spans the shards, so the calls run from the coordinator in one
+-- distributed transaction, each statement on one shard; notifications are
+-- raised on the coordinator. On one PostgreSQL version 2's body, unchanged.
+-- ---------------------------------------------------------------------------
+
+create function openqueue._reap_queue(queue_name text)
+returns integer
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_dead integer;
+    v_reclaimed integer;
+    v_error jsonb;
+    v_pids integer[];
+begin
+    -- The error entry as a constant of the statement, the attempt set in it
+    -- by immutable functions (Citus refuses a stable one, such as
+    -- jsonb_build_object, applied to a column in a distributed write).
+    v_error := jsonb_build_object('error', 'lease expired', 'at', now());
+
+    with dead as (
+        delete from openqueue.live_jobs as lj
+        where lj.queue_name = _reap_queue.queue_name
+          and lj.id = any(array(
+              select e.id
+              from openqueue.live_jobs as e
+              where e.queue_name = _reap_queue.queue_name
+                and e.status = 'processing'
+                and e.lease_expires_at < now()
+                and e.attempts >= e.max_attempts
+              for update skip locked
+          ))
+        returning lj.*
+    )
+
+    insert into openqueue.finished_jobs (
+        id, queue_name, status, priority, run_at, attempts, max_attempts,
+        leased_by, payload, errors, idempotency_key, created_at, finished_at
+    )
+    select
+        d.id, d.queue_name, 'dead', d.priority, d.run_at, d.attempts, d.max_attempts,
+        d.leased_by, d.payload,
+        d.errors || jsonb_set(v_error, '{attempt}', d.attempts::text::jsonb),
+        d.idempotency_key, d.created_at, now()
+    from dead as d;
+    get diagnostics v_dead = row_count;
+
+    update openqueue.live_jobs as lj
+    set
+        status = 'pending',
+        due = lj.run_at <= now(),
+        lease_token = null,
+        lease_expires_at = null,
+        errors = lj.errors || jsonb_set(v_error, '{attempt}', lj.attempts::text::jsonb)
+    where lj.queue_name = _reap_queue.queue_name
+      and lj.id = any(array(
+          select e.id
+          from openqueue.live_jobs as e
+          where e.queue_name = _reap_queue.queue_name
+            and e.status = 'processing'
+            and e.lease_expires_at < now()
+            and e.attempts < e.max_attempts
+          for update skip locked
+      ));
+    get diagnostics v_reclaimed = row_count;
+
+    -- The queue's finished-job counter rows of exited sessions, folded into
+    -- its row of shard 0 (see openqueue._fold_finished_counts). On Citus the
+    -- rows are written by sessions of the node holding the queue, and this
+    -- may read another node's pg_stat_activity: a row of a session still
+    -- alive is then folded too, harmlessly (the sum is kept, and the
+    -- session's next upsert, waiting on the row lock, creates its row again).
+    v_pids := array(select a.pid from pg_catalog.pg_stat_activity as a);
+    with gone as (
+        delete from openqueue.finished_counts as fc
+        where fc.queue_name = _reap_queue.queue_name
+          and (fc.status, fc.shard) in (
+              select c.status, c.shard
+              from openqueue.finished_counts as c
+              where c.queue_name = _reap_queue.queue_name
+                and c.shard <> 0
+                and c.shard <> all(v_pids)
+              for update skip locked
+          )
+        returning fc.status, fc.jobs
+    )
+
+    insert into openqueue.finished_counts as fc (queue_name, status, shard, jobs)
+    select _reap_queue.queue_name, g.status, 0, sum(g.jobs)
+    from gone as g
+    group by g.status
+    order by g.status
+    on conflict on constraint finished_counts_pkey do update
+    set jobs = fc.jobs + excluded.jobs;
+
+    if v_reclaimed > 0 then
+        perform pg_notify('openqueue', _reap_queue.queue_name);
+    end if;
+    return v_dead + v_reclaimed;
+end;
+$$;
+
+comment on function openqueue._reap_queue(text) is
+'Internal: oq_reap for the jobs of one queue (on Citus, on the node holding it).';
+
+create function openqueue._routed_reap(queue_name text)
+returns integer
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform set_config('openqueue.route', 'off', true);
+    return openqueue._reap_queue(_routed_reap.queue_name);
+end;
+$$;
+
+comment on function openqueue._routed_reap(text) is
+'Internal: _reap_queue on the node holding queue_name (Citus delegates it by queue_name).';
+
+create or replace function openqueue.oq_reap()
+returns integer
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_dead integer;
+    v_queues text[];
+    v_queue text;
+    v_count integer := 0;
+begin
+    if openqueue._route() then
+        -- Citus: the queues with expired leases or counters to fold, read
+        -- across the shards without locks, then each reaped by statements
+        -- on its one shard.
+        for v_queue in
+            select lj.queue_name
+            from openqueue.live_jobs as lj
+            where lj.status = 'processing'
+              and lj.lease_expires_at < now()
+            union
+            select fc.queue_name
+            from openqueue.finished_counts as fc
+            where fc.shard <> 0
+        loop
+            v_count := v_count + openqueue._routed_reap(v_queue);
+        end loop;
+        delete from openqueue.queue_waiters as w where w.wait_until <= now();
+        return v_count;
+    end if;
+
+    -- SKIP LOCKED everywhere: a job being acked or heartbeated right now is
+    -- skipped rather than waited for; a later reap sees it if still expired.
+    -- Both claims read the in-flight rows through live_jobs_in_flight and
+    -- check their expiry row by row (lease_expires_at is not indexed, so
+    -- that heartbeats are HOT).
+
+    -- Attempts used up: straight on to dead, with the error recorded.
+    with dead as (
+        delete from openqueue.live_jobs as lj
+        where lj.id = any(array(
+            select e.id
+            from openqueue.live_jobs as e
+            where e.status = 'processing'
+              and e.lease_expires_at < now()
+              and e.attempts >= e.max_attempts
+            for update skip locked
+        ))
+        returning lj.*
+    )
+
+    insert into openqueue.finished_jobs (
+        id, queue_name, status, priority, run_at, attempts, max_attempts,
+        leased_by, payload, errors, idempotency_key, created_at, finished_at
+    )
+    select
+        d.id, d.queue_name, 'dead', d.priority, d.run_at, d.attempts, d.max_attempts,
+        d.leased_by, d.payload,
+        d.errors || openqueue._error_entry(d.attempts, 'lease expired'),
+        d.idempotency_key, d.created_at, now()
+    from dead as d;
+    get diagnostics v_dead = row_count;
+
+    -- Attempts left: pending again, leasable at once (its run_at has come).
+    with reclaimed as (
+        update openqueue.live_jobs as lj
+        set
+            status = 'pending',
+            due = lj.run_at <= now(),
+            lease_token = null,
+            lease_expires_at = null,
+            errors = lj.errors || openqueue._error_entry(lj.attempts, 'lease expired')
+        where lj.id = any(array(
+            select e.id
+            from openqueue.live_jobs as e
+            where e.status = 'processing'
+              and e.lease_expires_at < now()
+              and e.attempts < e.max_attempts
+            for update skip locked
+        ))
+        returning lj.queue_name
+    )
+
+    select array_agg(r.queue_name) into v_queues from reclaimed as r;
+
+    -- Registrations of workers that stopped waiting (see oq_wait).
+    delete from openqueue.queue_waiters as w where w.wait_until <= now();
+
+    -- Counter rows of exited backends (see openqueue.finished_counts).
+    perform openqueue._fold_finished_counts();
+
+    perform pg_notify('openqueue', q.queue_name)
+    from (select distinct u.queue_name from unnest(v_queues) as u (queue_name)) as q;
+
+    return v_dead + coalesce(cardinality(v_queues), 0);
+end;
+$$;
+
+comment on function openqueue.oq_reap() is
+'Reclaim every processing job whose lease has expired: it becomes pending '
+'again (error ''lease expired'' recorded), or dead if its attempts are used '
+'up. Returns how many jobs were reclaimed; notifies the refilled queues. '
+'Also drops expired oq_wait registrations and folds the finished-job counters '
+'of exited sessions. Safe to run concurrently and often. On Citus each queue '
+'is reaped by statements on its one shard.';
+
+-- ---------------------------------------------------------------------------
 -- The routed functions: Citus knows them as distributed by queue_name
 -- (oq_distribute registers them); each turns routing off and calls the
 -- public function, which then runs its body on this node. Never granted:
@@ -1590,7 +1819,8 @@ as $$
             'openqueue._routed_heartbeat(text, bigint, uuid, integer)',
             'openqueue._routed_ack(text, bigint, uuid, jsonb)',
             'openqueue._routed_nack(text, bigint, uuid, text, interval, boolean)',
-            'openqueue._routed_ack_many(text, bigint[], uuid[], jsonb[])'
+            'openqueue._routed_ack_many(text, bigint[], uuid[], jsonb[])',
+            'openqueue._routed_reap(text)'
         ]
 $$;
 

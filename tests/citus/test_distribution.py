@@ -210,7 +210,10 @@ def test_distribute_again_changes_nothing(citus_dsn):
             ).fetchall()
             == functions
         )
-        assert len({row[1] for row in before}) == 1  # all co-located
+        # Every table with queue_name co-located; cron_schedules (keyed by
+        # schedule_name) a reference table, copied to every node.
+        assert len({row[1] for row in before if row[2] is not None}) == 1
+        assert [row[0] for row in before if row[2] is None] == ["openqueue.cron_schedules"]
 
 
 def test_an_upgrade_run_of_the_installer_keeps_the_installation_distributed_and_routed(citus_dsn, remote_log):
@@ -221,3 +224,41 @@ def test_an_upgrade_run_of_the_installer_keeps_the_installation_distributed_and_
     log.clear()
     conn.execute("select openqueue.oq_enqueue('after_reinstall', '{}')")
     assert len(log.entries) == 1 and "_routed_enqueue(" in log.entries[0][1]
+
+
+def test_reap_reclaims_expired_leases_of_queues_on_both_nodes(remote_log):
+    """oq_reap on Citus (admin and worker maintenance, not the hot path): every queue's expired leases.
+
+    Citus runs FOR UPDATE on one shard only: oq_reap reaps queue by queue,
+    each with statements filtered on its queue name. The first read spans
+    the shards, so the per-queue calls run from the coordinator (not
+    delegated), in one distributed transaction.
+    """
+    conn, _ = remote_log
+    queues: dict[int, str] = {}
+    index = 0
+    while len(queues) < 2:
+        queues.setdefault(node_port_of(conn, f"reap_{index}"), f"reap_{index}")
+        index += 1
+    for queue in queues.values():
+        conn.execute("select openqueue.oq_enqueue_batch(%s, '[1, 2]')", (queue,))
+        conn.execute("select openqueue.oq_enqueue(%s, '3', max_attempts => 1)", (queue,))
+        conn.execute("select * from openqueue.oq_lease(%s, 'w', batch_size => 3)", (queue,)).fetchall()
+    # The table itself (as its owner): UPDATE through the view openqueue.jobs
+    # fails on Citus 14 (docs/scaling.md, limits).
+    for queue in queues.values():
+        conn.execute(
+            "update openqueue.live_jobs set lease_expires_at = now() - interval '1 second'"
+            " where queue_name = %s",
+            (queue,),
+        )
+    assert conn.execute("select openqueue.oq_reap()").fetchone()[0] >= 6
+    for queue in queues.values():
+        assert conn.execute(
+            "select status, count(*) from openqueue.jobs where queue_name = %s group by 1 order by 1",
+            (queue,),
+        ).fetchall() == [("dead", 1), ("pending", 2)]
+        errors = conn.execute(
+            "select errors from openqueue.jobs where queue_name = %s and status = 'pending'", (queue,)
+        ).fetchall()
+        assert all(e[0][-1]["error"] == "lease expired" and e[0][-1]["attempt"] == 1 for e in errors)
