@@ -753,6 +753,22 @@ begin
     if oq_nack.retry_in < interval '0' then
         perform openqueue._raise_invalid('retry_in', 'must not be negative');
     end if;
+    if oq_nack.queue_name is null and openqueue._route() then
+        -- Citus locks rows (FOR UPDATE below) on one shard only: find the
+        -- job's queue first (a read across the shards), then nack with it.
+        select lj.queue_name into v_job.queue_name
+        from openqueue.live_jobs as lj
+        where lj.id = oq_nack.job_id
+          and lj.status = 'processing'
+          and lj.lease_token = oq_nack.lease_token;
+        if v_job.queue_name is null then
+            return null;
+        end if;
+        return openqueue.oq_nack(
+            oq_nack.job_id, oq_nack.lease_token, oq_nack.error, oq_nack.retry_in, oq_nack.retry,
+            v_job.queue_name
+        );
+    end if;
     if oq_nack.queue_name is not null and openqueue._route() then
         select r.outcome into v_outcome
         from openqueue._routed_nack(
