@@ -23,9 +23,10 @@ demo: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest
 
-## test-citus: the scale-out tests on a Citus cluster (coordinator + 2 workers; builds Citus into .cache/citus once)
+## test-citus: the scale-out tests, then the contract suite, on a Citus cluster (coordinator + 2 workers; builds Citus into .cache/citus once)
 test-citus: $(STAMP)
 	OPENQUEUE_TEST_BACKEND=citus $(BIN)/python -m pytest tests/citus
+	OPENQUEUE_TEST_BACKEND=citus $(BIN)/python -m pytest tests/sql tests/python tests/security tests/worker
 
 ## lint: SQL (sqlfluff), Python (ruff), and the generated installer is up to date
 lint: $(STAMP)

@@ -1845,6 +1845,83 @@ comment on function openqueue._distribution_plan() is
 'with the first), the reference tables it copies to every node, and the '
 'functions it routes by their first argument, queue_name.';
 
+-- On Citus a view over distributed tables is read with the caller's rights on
+-- the shards (openqueue_admin, which may read openqueue.jobs, has none), and
+-- an UPDATE through a view with INSTEAD OF triggers cannot be planned (Citus
+-- 14: "could not find valid entry for shard 0"). So on a cluster each such
+-- view reads a SECURITY DEFINER function, _<view>_rows(), that returns the
+-- view's rows: the old definition becomes the owner-only view _<view>_all,
+-- the public view keeps its name, columns, grants and triggers. lease_token
+-- is returned only to members of the schema owner's role (the view's column
+-- grants already keep it from openqueue_admin). The price: a read of the
+-- view reads every row of it (no condition reaches the function).
+create function openqueue._distribute_view(view_name text)
+returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_view regclass := format('openqueue.%I', _distribute_view.view_name)::regclass;
+    v_all text := format('openqueue.%I', '_' || _distribute_view.view_name || '_all');
+    v_rows text := format('openqueue.%I', '_' || _distribute_view.view_name || '_rows');
+    v_columns text;
+    v_propagate text;
+begin
+    if pg_catalog.to_regclass(v_all) is not null then
+        return;  -- done before
+    end if;
+    -- Objects of the coordinator only: the views are read there.
+    v_propagate := current_setting('citus.enable_ddl_propagation');
+    perform set_config('citus.enable_ddl_propagation', 'off', true);
+    execute format('create view %s as %s', v_all, pg_catalog.pg_get_viewdef(v_view));
+    select string_agg(
+        case
+            when a.attname = 'lease_token' then format('case when v_owner then v.%I end', a.attname)
+            else format('v.%I', a.attname)
+        end,
+        ', ' order by a.attnum
+    )
+    into v_columns
+    from pg_catalog.pg_attribute as a
+    where a.attrelid = v_view and a.attnum > 0 and not a.attisdropped;
+    execute format(
+        $ddl$
+        create function %1$s()
+        returns setof %2$s
+        language plpgsql
+        stable
+        security definer
+        set search_path = pg_catalog, pg_temp
+        as $body$
+        declare
+            v_owner boolean := pg_catalog.pg_has_role(
+                session_user,
+                (select n.nspowner from pg_catalog.pg_namespace as n where n.nspname = 'openqueue'),
+                'MEMBER'
+            );
+        begin
+            return query select %3$s from %2$s as v;
+        end;
+        $body$
+        $ddl$,
+        v_rows, v_all, v_columns
+    );
+    execute format('comment on function %s() is %L', v_rows,
+        format('Internal (Citus): the rows of the view %s, read as the schema owner.', v_view));
+    execute format('create or replace view %s as select * from %s()', v_view, v_rows);
+    if exists (select from pg_catalog.pg_roles as r where r.rolname = 'openqueue_admin') then
+        execute format('grant execute on function %s() to openqueue_admin', v_rows);
+    end if;
+    perform set_config('citus.enable_ddl_propagation', v_propagate, true);
+end;
+$$;
+
+comment on function openqueue._distribute_view(text) is
+'Internal (oq_distribute): make the view openqueue.<view_name> read its rows '
+'through the SECURITY DEFINER function openqueue._<view_name>_rows(), so '
+'that it can be read by openqueue_admin and updated through its INSTEAD OF '
+'triggers on Citus.';
+
 create function openqueue.oq_distribute()
 returns void
 language plpgsql
@@ -1925,6 +2002,8 @@ begin
               where o.classid = 'pg_catalog.pg_proc'::regclass and o.objid = p.oid
           )
           and p.oid::regprocedure::text <> all(v_plan.routed_functions)
+          -- the coordinator's own (openqueue._distribute_view)
+          and p.oid::regprocedure::text not in ('openqueue._jobs_rows()', 'openqueue._schedules_rows()')
     loop
         perform create_distributed_function(v_function::regprocedure);
     end loop;
@@ -1939,6 +2018,11 @@ begin
             v_function::regprocedure, distribution_arg_name => '$1', colocate_with => v_anchor
         );
     end loop;
+
+    -- The views openqueue.jobs and openqueue.schedules read through a
+    -- SECURITY DEFINER function: see openqueue._distribute_view.
+    perform openqueue._distribute_view('jobs');
+    perform openqueue._distribute_view('schedules');
 
     -- Route the hot path: new sessions of this database from now on, this
     -- session at once.
@@ -2003,11 +2087,21 @@ begin
     if exists (select from pg_catalog.pg_roles as r where r.rolname = 'openqueue_worker') then
         execute 'grant execute on function openqueue.oq_nodes() to openqueue_worker';
     end if;
+    -- On Citus (openqueue._distribute_view) openqueue_admin reads the views
+    -- openqueue.jobs and openqueue.schedules through these functions.
+    if exists (select from pg_catalog.pg_roles as r where r.rolname = 'openqueue_admin') then
+        if pg_catalog.to_regprocedure('openqueue._jobs_rows()') is not null then
+            execute 'grant execute on function openqueue._jobs_rows() to openqueue_admin';
+        end if;
+        if pg_catalog.to_regprocedure('openqueue._schedules_rows()') is not null then
+            execute 'grant execute on function openqueue._schedules_rows() to openqueue_admin';
+        end if;
+    end if;
 end;
 $$;
 
 comment on function openqueue._apply_security() is
 'Internal: openqueue._apply_security_v4 (roles, ownership, SECURITY DEFINER, '
 'grants of contract sections 6-8), then openqueue_worker may execute '
-'oq_nodes. The installer runs it after the last migration on every run; '
+'oq_nodes (and, on Citus, openqueue_admin the functions behind the views). The installer runs it after the last migration on every run; '
 'idempotent.';
