@@ -246,9 +246,12 @@ def wait_until_blocked(conn: psycopg.Connection, pid: int, timeout: float = 10.0
         row = conn.execute("select wait_event_type from pg_stat_activity where pid = %s", [pid]).fetchone()
         if row is not None and row[0] == "Lock":
             return
-        if citus and conn.execute(
-            "select exists (select from citus_lock_waits where waiting_gpid %% 10000000000 = %s)", [pid]
-        ).fetchone()[0]:
+        if (
+            citus
+            and conn.execute(
+                "select exists (select from citus_lock_waits where waiting_gpid %% 10000000000 = %s)", [pid]
+            ).fetchone()[0]
+        ):
             return
         time.sleep(0.01)
     raise AssertionError(f"backend {pid} never blocked on a lock")
