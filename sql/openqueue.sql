@@ -6309,7 +6309,6 @@ declare
     v_dead integer;
     v_reclaimed integer;
     v_error jsonb;
-    v_pids integer[];
 begin
     -- The error entry as a constant of the statement, the attempt set in it
     -- by immutable functions (Citus refuses a stable one, such as
@@ -6362,34 +6361,7 @@ begin
       ));
     get diagnostics v_reclaimed = row_count;
 
-    -- The queue's finished-job counter rows of exited sessions, folded into
-    -- its row of shard 0 (see openqueue._fold_finished_counts). On Citus the
-    -- rows are written by sessions of the node holding the queue, and this
-    -- may read another node's pg_stat_activity: a row of a session still
-    -- alive is then folded too, harmlessly (the sum is kept, and the
-    -- session's next upsert, waiting on the row lock, creates its row again).
-    v_pids := array(select a.pid from pg_catalog.pg_stat_activity as a);
-    with gone as (
-        delete from openqueue.finished_counts as fc
-        where fc.queue_name = _reap_queue.queue_name
-          and (fc.status, fc.shard) in (
-              select c.status, c.shard
-              from openqueue.finished_counts as c
-              where c.queue_name = _reap_queue.queue_name
-                and c.shard <> 0
-                and c.shard <> all(v_pids)
-              for update skip locked
-          )
-        returning fc.status, fc.jobs
-    )
-
-    insert into openqueue.finished_counts as fc (queue_name, status, shard, jobs)
-    select _reap_queue.queue_name, g.status, 0, sum(g.jobs)
-    from gone as g
-    group by g.status
-    order by g.status
-    on conflict on constraint finished_counts_pkey do update
-    set jobs = fc.jobs + excluded.jobs;
+    perform openqueue._fold_queue_counts(_reap_queue.queue_name);
 
     if v_reclaimed > 0 then
         perform pg_notify('openqueue', _reap_queue.queue_name);
@@ -6520,6 +6492,235 @@ comment on function openqueue.oq_reap() is
 'Also drops expired oq_wait registrations and folds the finished-job counters '
 'of exited sessions. Safe to run concurrently and often. On Citus each queue '
 'is reaped by statements on its one shard.';
+
+-- ---------------------------------------------------------------------------
+-- Purging and folding the finished counters on Citus: queue by queue (Citus
+-- runs FOR UPDATE only on one shard). On one PostgreSQL the bodies of
+-- versions 2 and 3, unchanged.
+-- ---------------------------------------------------------------------------
+
+create function openqueue._fold_queue_counts(queue_name text)
+returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_pids integer[];
+begin
+    -- The queue's finished-job counter rows of exited sessions, folded into
+    -- its row of shard 0 (see openqueue._fold_finished_counts). On Citus the
+    -- rows are written by sessions of the node holding the queue, and this
+    -- may read another node's pg_stat_activity: a row of a session still
+    -- alive is then folded too, harmlessly (the sum is kept, and the
+    -- session's next upsert, waiting on the row lock, creates its row again).
+    v_pids := array(select a.pid from pg_catalog.pg_stat_activity as a);
+    with gone as (
+        delete from openqueue.finished_counts as fc
+        where fc.queue_name = _fold_queue_counts.queue_name
+          and (fc.status, fc.shard) in (
+              select c.status, c.shard
+              from openqueue.finished_counts as c
+              where c.queue_name = _fold_queue_counts.queue_name
+                and c.shard <> 0
+                and c.shard <> all(v_pids)
+              for update skip locked
+          )
+        returning fc.status, fc.jobs
+    )
+
+    insert into openqueue.finished_counts as fc (queue_name, status, shard, jobs)
+    select _fold_queue_counts.queue_name, g.status, 0, sum(g.jobs)
+    from gone as g
+    group by g.status
+    order by g.status
+    on conflict on constraint finished_counts_pkey do update
+    set jobs = fc.jobs + excluded.jobs;
+end;
+$$;
+
+comment on function openqueue._fold_queue_counts(text) is
+'Internal (Citus): fold the finished-job counter rows of exited sessions of '
+'one queue into its row of shard 0, with statements on the queue''s shard.';
+
+create or replace function openqueue._fold_finished_counts()
+returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_queue text;
+begin
+    if not pg_try_advisory_xact_lock(openqueue._fold_lock_key()) then
+        return;
+    end if;
+    if openqueue._route() then
+        -- Citus locks rows on one shard only: queue by queue.
+        for v_queue in
+            select distinct fc.queue_name from openqueue.finished_counts as fc where fc.shard <> 0
+        loop
+            perform openqueue._fold_queue_counts(v_queue);
+        end loop;
+        return;
+    end if;
+    with gone as (
+        delete from openqueue.finished_counts as fc
+        where (fc.queue_name, fc.status, fc.shard) in (
+            select c.queue_name, c.status, c.shard
+            from openqueue.finished_counts as c
+            where c.shard <> 0
+              and not exists (select from pg_catalog.pg_stat_activity as a where a.pid = c.shard)
+            for update skip locked
+        )
+        returning fc.queue_name, fc.status, fc.jobs
+    )
+
+    insert into openqueue.finished_counts as fc (queue_name, status, shard, jobs)
+    select g.queue_name, g.status, 0, sum(g.jobs)
+    from gone as g
+    group by g.queue_name, g.status
+    order by g.queue_name, g.status
+    on conflict on constraint finished_counts_pkey do update
+    set jobs = fc.jobs + excluded.jobs;
+
+    delete from openqueue.finished_counts as fc
+    where fc.shard = 0 and fc.jobs = 0;
+end;
+$$;
+
+create or replace function openqueue._purge_chunk(older_than interval, include_dead boolean, max_rows integer)
+returns bigint
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_count bigint;
+    v_queue text;
+    v_ids bigint[];
+    v_one bigint;
+begin
+    if openqueue._route() then
+        -- Citus locks rows on one shard only: the oldest candidates read
+        -- across the shards without locks, then deleted queue by queue (a
+        -- row a concurrent purge deleted first is simply not found).
+        v_count := 0;
+        for v_queue, v_ids in
+            select c.queue_name, array_agg(c.id)
+            from (
+                select f.id, f.queue_name
+                from openqueue.finished_jobs as f
+                where f.finished_at < now() - _purge_chunk.older_than
+                  and (
+                      f.status in ('completed', 'cancelled')
+                      or (f.status = 'dead' and coalesce(_purge_chunk.include_dead, false))
+                  )
+                order by f.finished_at
+                limit _purge_chunk.max_rows
+            ) as c
+            group by c.queue_name
+        loop
+            with purged as (
+                delete from openqueue.finished_jobs as fj
+                where fj.queue_name = v_queue
+                  and fj.id = any(v_ids)
+                returning fj.id, fj.queue_name, fj.idempotency_key
+            ),
+
+            freed as (  -- noqa: ST03
+                delete from openqueue.idempotency_keys as ik
+                using purged as p
+                where ik.queue_name = v_queue
+                  and ik.queue_name = p.queue_name
+                  and ik.idempotency_key = p.idempotency_key
+                  and ik.job_id = p.id
+            )
+
+            select count(*) into v_one from purged;
+            v_count := v_count + v_one;
+        end loop;
+        return v_count;
+    end if;
+    with purged as (
+        delete from openqueue.finished_jobs as fj
+        where fj.id = any(array(
+            select f.id
+            from openqueue.finished_jobs as f
+            where f.finished_at < now() - _purge_chunk.older_than
+              and (
+                  f.status in ('completed', 'cancelled')
+                  or (f.status = 'dead' and coalesce(_purge_chunk.include_dead, false))
+              )
+            order by f.finished_at
+            limit _purge_chunk.max_rows
+            for update skip locked
+        ))
+        returning fj.id, fj.queue_name, fj.idempotency_key
+    ),
+
+    freed as (  -- noqa: ST03
+        delete from openqueue.idempotency_keys as ik
+        using purged as p
+        where ik.queue_name = p.queue_name
+          and ik.idempotency_key = p.idempotency_key
+          and ik.job_id = p.id
+    )
+
+    select count(*) into v_count from purged;
+    return v_count;
+end;
+$$;
+
+-- oq_next_run_at (the worker's sleep): per queue on Citus.
+create or replace function openqueue.oq_next_run_at(queue_names text[])
+returns timestamptz
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_next timestamptz;
+    v_queue text;
+    v_one timestamptz;
+begin
+    if oq_next_run_at.queue_names is null then
+        perform openqueue._raise_null('queue_names');
+    end if;
+    if openqueue._route() then
+        -- Citus cannot push down the lateral LIMIT below: one single-shard
+        -- query per queue (the same index descent each).
+        foreach v_queue in array oq_next_run_at.queue_names loop
+            select lj.run_at into v_one
+            from openqueue.live_jobs as lj
+            where lj.queue_name = v_queue
+              and lj.status in ('pending', 'failed')
+              and not lj.due
+              and lj.run_at > now()
+            order by lj.run_at
+            limit 1;
+            if v_one < v_next or v_next is null then
+                v_next := v_one;
+            end if;
+        end loop;
+        return v_next;
+    end if;
+    -- Jobs waiting for a future run_at are exactly the not-yet-due ones, in
+    -- live_jobs_scheduled by (queue_name, run_at): one index descent per
+    -- queue, whatever the number of scheduled jobs or priorities.
+    select min(n.run_at) into v_next
+    from unnest(oq_next_run_at.queue_names) as q (queue_name)
+    cross join lateral (
+        select lj.run_at
+        from openqueue.live_jobs as lj
+        where lj.queue_name = q.queue_name
+          and lj.status in ('pending', 'failed')
+          and not lj.due
+          and lj.run_at > now()
+        order by lj.run_at
+        limit 1
+    ) as n;
+    return v_next;
+end;
+$$;
+
 
 -- ---------------------------------------------------------------------------
 -- The routed functions: Citus knows them as distributed by queue_name

@@ -284,3 +284,38 @@ def psql(pg_server: Server, dsn: str) -> Callable[..., subprocess.CompletedProce
 
 def dbname(dsn: str) -> str:
     return conninfo_to_dict(dsn)["dbname"]
+
+
+# -- the differences contract section 10 allows on Citus ---------------------------------------
+# Tests (node ids, or a prefix ending in "[") that rely on one of them are skipped
+# on the Citus backend only, with the section 10 reason printed.
+IDS_NOT_ORDERED = (
+    "section 10: on Citus job ids are unique but not ordered across queues (each node draws "
+    "from its own range, group << 48 + n); this test relies on small, consecutive ids"
+)
+NOTIFY_ON_NODE = (
+    "section 10: on Citus a routed call raises NOTIFY on the worker node that ran it; this test "
+    "listens on the coordinator only"
+)
+_CHURN = "tests/sql/test_churn.py::"
+_AUDIT = "tests/sql/test_contract_audit.py::"
+CITUS_SECTION_10 = {
+    # the jobs' finished_at moved by make_interval(secs => id)
+    _CHURN + "test_purge_batch_deletes_at_most_max_rows_oldest_first": IDS_NOT_ORDERED,
+    _CHURN + "test_purge_batch_frees_idempotency_keys_and_respects_include_dead": IDS_NOT_ORDERED,
+    _CHURN + "test_purge_deletes_everything_matching_in_several_batches": IDS_NOT_ORDERED,
+    _CHURN + "test_purge_batch_bad_input[": IDS_NOT_ORDERED,
+    _CHURN + "test_purge_batch_limits_are_inclusive": IDS_NOT_ORDERED,
+    # the next id drawn is compared with the last one
+    _AUDIT + "test_enqueue_batch_with_an_empty_array_writes_nothing_and_draws_no_id": IDS_NOT_ORDERED,
+    _AUDIT + "test_one_notification_per_enqueue_batch_call": NOTIFY_ON_NODE,
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("OPENQUEUE_TEST_BACKEND") != "citus":
+        return
+    for item in items:
+        for nodeid, reason in CITUS_SECTION_10.items():
+            if item.nodeid == nodeid or (nodeid.endswith("[") and item.nodeid.startswith(nodeid)):
+                item.add_marker(pytest.mark.skip(reason=reason))
