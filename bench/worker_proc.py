@@ -26,7 +26,7 @@ async def started_async(job: Job) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dsn", required=True)
-    parser.add_argument("--queue", required=True)
+    parser.add_argument("--queue", required=True, help="a queue name, or several separated by commas")
     parser.add_argument("--kind", choices=["sync", "async"], default="sync")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=None)
@@ -38,9 +38,10 @@ def main() -> None:
         "poll_interval": args.poll_interval,
     }
     if args.kind == "sync":
-        Worker(args.dsn, {args.queue: started}, **options).run()
+        Worker(args.dsn, dict.fromkeys(args.queue.split(","), started), **options).run()
     else:
-        asyncio.run(AsyncWorker(args.dsn, {args.queue: started_async}, **options).run())
+        handlers = dict.fromkeys(args.queue.split(","), started_async)
+        asyncio.run(AsyncWorker(args.dsn, handlers, **options).run())
 
 
 if __name__ == "__main__":

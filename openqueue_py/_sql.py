@@ -289,26 +289,33 @@ def lease(queue_name: str, worker_id: str, lease_seconds: int | None, batch_size
     return _call("oq_lease", required, _leased(queue_name), table=True)
 
 
-def heartbeat(job_id: int, lease_token: UUID | str, lease_seconds: int | None) -> Call[datetime | None]:
+def heartbeat(
+    job_id: int, lease_token: UUID | str, lease_seconds: int | None, queue_name: str | None = None
+) -> Call[datetime | None]:
     args = {
         "job_id": _integer(job_id, "job_id"),
         "lease_token": _token(lease_token),
         "lease_seconds": _integer(lease_seconds, "lease_seconds"),
+        "queue_name": _text(queue_name, "queue_name"),
     }
     return _call("oq_heartbeat", _required(args, "job_id", "lease_token"), _scalar)
 
 
-def ack(job_id: int, lease_token: UUID | str, result: Any) -> Call[bool]:
+def ack(job_id: int, lease_token: UUID | str, result: Any, queue_name: str | None = None) -> Call[bool]:
     args = {
         "job_id": _integer(job_id, "job_id"),
         "lease_token": _token(lease_token),
         "result": _json(result, "result"),
+        "queue_name": _text(queue_name, "queue_name"),
     }
     return _call("oq_ack", _required(args, "job_id", "lease_token"), _scalar)
 
 
 def ack_many(
-    job_ids: Sequence[int], lease_tokens: Sequence[UUID | str], results: Sequence[Any] | None
+    job_ids: Sequence[int],
+    lease_tokens: Sequence[UUID | str],
+    results: Sequence[Any] | None,
+    queue_name: str | None = None,
 ) -> Call[list[int]]:
     ids, tokens, values = (
         _list(job_ids, "job_ids"),
@@ -319,6 +326,7 @@ def ack_many(
         "job_ids": None if ids is None else [_integer(i, "job_ids[]") for i in ids],
         "lease_tokens": None if tokens is None else [_token(t) for t in tokens],
         "results": None if values is None else [_json(v, "results[]") for v in values],
+        "queue_name": _text(queue_name, "queue_name"),
     }
     return _call("oq_ack_many", _required(args, "job_ids", "lease_tokens"), _column, table=True)
 
@@ -329,6 +337,7 @@ def nack(
     error: str | None,
     retry_in: timedelta | None,
     retry: bool,
+    queue_name: str | None = None,
 ) -> Call[str | None]:
     args = {
         "job_id": _integer(job_id, "job_id"),
@@ -336,6 +345,7 @@ def nack(
         "error": _text(error, "error"),
         "retry_in": _interval(retry_in, "retry_in"),
         "retry": _flag(retry, "retry"),
+        "queue_name": _text(queue_name, "queue_name"),
     }
     return _call("oq_nack", _required(args, "job_id", "lease_token"), _scalar)
 
@@ -550,42 +560,133 @@ def _token_literal(tokens: Sequence[UUID]) -> str:
     return "{" + ",".join(token.hex for token in tokens) + "}"
 
 
+def _queue_literal(queue_names: Sequence[str]) -> str:
+    """``{"a","b"}``: queue names (``[A-Za-z0-9_.:-]``, checked by SQL) as one text parameter."""
+    return "{" + ",".join(f'"{name}"' for name in queue_names) + "}"
+
+
 def heartbeat_many(
-    job_ids: Sequence[int], lease_tokens: Sequence[UUID], lease_seconds: int | None
+    job_ids: Sequence[int],
+    lease_tokens: Sequence[UUID],
+    lease_seconds: int | None,
+    queue_names: Sequence[str] | None = None,
 ) -> Call[list[tuple[int, datetime | None, float | None]]]:
-    """oq_heartbeat for every (id, token) pair in ONE statement: (id, new expiry, seconds left)."""
-    query = (
-        "with beats as materialized ("
-        " select u.job_id, openqueue.oq_heartbeat(job_id => u.job_id, lease_token => u.lease_token,"
-        " lease_seconds => %(lease_seconds)s::integer) as expires_at"
-        " from unnest(%(job_ids)s::bigint[], %(lease_tokens)s::uuid[]) as u (job_id, lease_token))"
-        " select b.job_id, b.expires_at, extract(epoch from b.expires_at - now())::float8 from beats as b"
+    """oq_heartbeat for every (id, token) pair in ONE statement: (id, new expiry, seconds left).
+
+    ``queue_names[i]``: job i's queue, passed as oq_heartbeat's queue_name
+    (contract section 10); None: not passed.
+    """
+    if queue_names is None:
+        query = (
+            "with beats as materialized ("
+            " select u.job_id, openqueue.oq_heartbeat(job_id => u.job_id, lease_token => u.lease_token,"
+            " lease_seconds => %(lease_seconds)s::integer) as expires_at"
+            " from unnest(%(job_ids)s::bigint[], %(lease_tokens)s::uuid[]) as u (job_id, lease_token))"
+            " select b.job_id, b.expires_at, extract(epoch from b.expires_at - now())::float8 from beats as b"
+        )
+        params: dict[str, Any] = {}
+    else:
+        query = (
+            "with beats as materialized ("
+            " select u.job_id, openqueue.oq_heartbeat(job_id => u.job_id, lease_token => u.lease_token,"
+            " lease_seconds => %(lease_seconds)s::integer, queue_name => u.queue_name) as expires_at"
+            " from unnest(%(job_ids)s::bigint[], %(lease_tokens)s::uuid[], %(queue_names)s::text[])"
+            " as u (job_id, lease_token, queue_name))"
+            " select b.job_id, b.expires_at, extract(epoch from b.expires_at - now())::float8 from beats as b"
+        )
+        params = {"queue_names": _queue_literal(queue_names)}
+    params.update(
+        {
+            "job_ids": _array_literal(job_ids),
+            "lease_tokens": _token_literal(lease_tokens),
+            "lease_seconds": lease_seconds,
+        }
     )
-    params = {
-        "job_ids": _array_literal(job_ids),
-        "lease_tokens": _token_literal(lease_tokens),
-        "lease_seconds": lease_seconds,
-    }
     return Call(query, params, lambda rows: [(r[0], r[1], r[2]) for r in rows])
 
 
 def ack_many_json(
-    job_ids: Sequence[int], lease_tokens: Sequence[UUID], results: Sequence[str | None] | None
+    job_ids: Sequence[int],
+    lease_tokens: Sequence[UUID],
+    results: Sequence[str | None] | None,
+    queue_names: Sequence[str] | None = None,
 ) -> Call[list[int]]:
     """oq_ack_many with results already serialised to JSON text (None: no result).
 
     The results travel as one JSON array, unpacked in order in SQL; a JSON
     ``null`` element (the handler returned None) becomes SQL NULL, as with oq_ack.
+    ``queue_names[i]``: job i's queue (contract section 10): one oq_ack_many
+    per queue, given its queue_name, all in one statement; None: one call
+    without queue_name.
     """
-    sent = {"job_ids": _array_literal(job_ids), "lease_tokens": _token_literal(lease_tokens)}
-    arguments = "job_ids => %(job_ids)s::bigint[], lease_tokens => %(lease_tokens)s::uuid[]"
+    if queue_names is None:
+        return _ack_many_group(job_ids, lease_tokens, results, None, "")
+    groups: dict[str, list[int]] = {}
+    for index, name in enumerate(queue_names):
+        groups.setdefault(name, []).append(index)
+    if len(groups) == 1:
+        return _ack_many_group(job_ids, lease_tokens, results, queue_names[0], "")
+    parts: list[str] = []
+    params: dict[str, Any] = {}
+    for number, (name, indexes) in enumerate(groups.items()):
+        part = _ack_many_group(
+            [job_ids[i] for i in indexes],
+            [lease_tokens[i] for i in indexes],
+            None if results is None else [results[i] for i in indexes],
+            name,
+            f"_{number}",
+        )
+        parts.append(part.query)
+        params.update(part.params)
+    # Each group's ids in input order, the groups in order of first appearance.
+    query = "select a.* from (" + " union all ".join(f"({part})" for part in parts) + ") as a"
+    return Call(query, params, _column)
+
+
+def _ack_many_group(
+    job_ids: Sequence[int],
+    lease_tokens: Sequence[UUID],
+    results: Sequence[str | None] | None,
+    queue_name: str | None,
+    suffix: str,
+) -> Call[list[int]]:
+    ids, tokens = f"job_ids{suffix}", f"lease_tokens{suffix}"
+    sent: dict[str, Any] = {ids: _array_literal(job_ids), tokens: _token_literal(lease_tokens)}
+    arguments = f"job_ids => %({ids})s::bigint[], lease_tokens => %({tokens})s::uuid[]"
     if results is not None:
-        sent["results"] = "[" + ",".join("null" if text is None else text for text in results) + "]"
+        sent[f"results{suffix}"] = "[" + ",".join("null" if text is None else text for text in results) + "]"
         arguments += (
             ", results => array(select nullif(e.value, 'null'::jsonb)"
-            " from jsonb_array_elements(%(results)s::jsonb) with ordinality as e (value, position)"
+            f" from jsonb_array_elements(%(results{suffix})s::jsonb) with ordinality as e (value, position)"
             " order by e.position)"
         )
+    if queue_name is not None:  # not "queue_name": ack_many_and_lease sends the lease's too
+        sent[f"acked_queue{suffix}"] = queue_name
+        arguments += f", queue_name => %(acked_queue{suffix})s::text"
+    return Call(f"select * from openqueue.oq_ack_many({arguments})", sent, _column)
+
+
+def ack_many_routed(
+    job_ids: Sequence[int],
+    lease_tokens: Sequence[UUID],
+    results: Sequence[str | None] | None,
+    queue_name: str,
+) -> Call[list[int]]:
+    """oq_ack_many of one queue's jobs as a call Citus routes to the queue's node.
+
+    Every argument a plain parameter (results as jsonb[]), the statement a
+    plain ``select * from f(...)``: what Citus delegates.
+    """
+    arguments = "job_ids => %(job_ids)s::bigint[], lease_tokens => %(lease_tokens)s::uuid[]"
+    sent: dict[str, Any] = {
+        "job_ids": _array_literal(job_ids),
+        "lease_tokens": _token_literal(lease_tokens),
+        "queue_name": queue_name,
+    }
+    if results is not None:
+        sent["results"] = [None if text is None else Jsonb(json.loads(text)) for text in results]
+        arguments += ", results => %(results)s::jsonb[]"
+    arguments += ", queue_name => %(queue_name)s::text"
     return Call(f"select * from openqueue.oq_ack_many({arguments})", sent, _column)
 
 
@@ -671,6 +772,18 @@ def _required(args: dict[str, Any], *names: str) -> dict[str, Any]:
         if args[name] is None:
             raise InvalidArgument(f"{name} must not be None")
     return args
+
+
+# -- contract section 10: scale-out on Citus ----------------------------------------------
+
+
+def distribute() -> Call[None]:
+    return _call("oq_distribute", {}, lambda rows: None)
+
+
+def nodes() -> Call[list[tuple[str, int, bool]]]:
+    """The active primary nodes of a Citus cluster: (host, port, is_coordinator); none without Citus."""
+    return _call("oq_nodes", {}, lambda rows: [(r[0], r[1], r[2]) for r in rows], table=True)
 
 
 # -- reading openqueue.jobs for operators (the CLI, the dashboard) ----------------------
@@ -806,6 +919,7 @@ def ack_many_and_lease(
     worker_id: str,
     lease_seconds: int | None,
     batch_size: int,
+    queue_names: Sequence[str] | None = None,
 ) -> Call[tuple[list[int], list[tuple[Leased, float]]]]:
     """:func:`ack_many_json` and :func:`lease_timed` in ONE statement, so one transaction.
 
@@ -816,9 +930,11 @@ def ack_many_and_lease(
     fails or commits as a whole, and then ``oq_ack_many`` answered exactly as
     alone. Returns (ids acked, leased rows with the seconds left on their lease).
     """
-    ack = ack_many_json(job_ids, lease_tokens, results)
+    ack = ack_many_json(job_ids, lease_tokens, results, queue_names)
     lease_call = lease(queue_name, worker_id, lease_seconds, batch_size)
     ack_function = ack.query.removeprefix("select * from ")
+    if ack_function == ack.query:  # several queues: a union of calls
+        ack_function = f"({ack.query})"
     lease_function = lease_call.query.removeprefix("select * from ")
     query = (
         "with acked as materialized (select coalesce(array_agg(a.id), '{}'::bigint[]) as ids"

@@ -201,30 +201,33 @@ class Client:
         job_id: int,
         lease_token: UUID | str,
         lease_seconds: int | None = None,
+        queue_name: str | None = None,
         *,
         conn: psycopg.Connection | None = None,
     ) -> datetime | None:
-        return self._run(_sql.heartbeat(job_id, lease_token, lease_seconds), conn)
+        return self._run(_sql.heartbeat(job_id, lease_token, lease_seconds, queue_name), conn)
 
     def ack(
         self,
         job_id: int,
         lease_token: UUID | str,
         result: Any = None,
+        queue_name: str | None = None,
         *,
         conn: psycopg.Connection | None = None,
     ) -> bool:
-        return self._run(_sql.ack(job_id, lease_token, result), conn)
+        return self._run(_sql.ack(job_id, lease_token, result, queue_name), conn)
 
     def ack_many(
         self,
         job_ids: Sequence[int],
         lease_tokens: Sequence[UUID | str],
         results: Sequence[Any] | None = None,
+        queue_name: str | None = None,
         *,
         conn: psycopg.Connection | None = None,
     ) -> list[int]:
-        return self._run(_sql.ack_many(job_ids, lease_tokens, results), conn)
+        return self._run(_sql.ack_many(job_ids, lease_tokens, results, queue_name), conn)
 
     def nack(
         self,
@@ -233,10 +236,11 @@ class Client:
         error: str | None = None,
         retry_in: timedelta | None = None,
         retry: bool = True,
+        queue_name: str | None = None,
         *,
         conn: psycopg.Connection | None = None,
     ) -> str | None:
-        return self._run(_sql.nack(job_id, lease_token, error, retry_in, retry), conn)
+        return self._run(_sql.nack(job_id, lease_token, error, retry_in, retry, queue_name), conn)
 
     def reap(self, *, conn: psycopg.Connection | None = None) -> int:
         return self._run(_sql.reap(), conn)
@@ -312,6 +316,14 @@ class Client:
     def schema_version(self, *, conn: psycopg.Connection | None = None) -> int:
         """The installed schema version (what ``oq_schema_version()`` returns)."""
         return self._run(_sql.schema_version(), conn)
+
+    def distribute(self, *, conn: psycopg.Connection | None = None) -> None:
+        """Citus: distribute the tables by queue_name and route the hot path (``oq_distribute``)."""
+        return self._run(_sql.distribute(), conn)
+
+    def nodes(self, *, conn: psycopg.Connection | None = None) -> list[tuple[str, int, bool]]:
+        """Citus: the cluster's nodes as (host, port, is_coordinator) (``oq_nodes``); [] without Citus."""
+        return self._run(_sql.nodes(), conn)
 
     def settled(
         self, job_id: int, worker_id: str, attempt: int, *, conn: psycopg.Connection | None = None

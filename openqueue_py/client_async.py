@@ -196,30 +196,33 @@ class AsyncClient:
         job_id: int,
         lease_token: UUID | str,
         lease_seconds: int | None = None,
+        queue_name: str | None = None,
         *,
         conn: psycopg.AsyncConnection | None = None,
     ) -> datetime | None:
-        return await self._run(_sql.heartbeat(job_id, lease_token, lease_seconds), conn)
+        return await self._run(_sql.heartbeat(job_id, lease_token, lease_seconds, queue_name), conn)
 
     async def ack(
         self,
         job_id: int,
         lease_token: UUID | str,
         result: Any = None,
+        queue_name: str | None = None,
         *,
         conn: psycopg.AsyncConnection | None = None,
     ) -> bool:
-        return await self._run(_sql.ack(job_id, lease_token, result), conn)
+        return await self._run(_sql.ack(job_id, lease_token, result, queue_name), conn)
 
     async def ack_many(
         self,
         job_ids: Sequence[int],
         lease_tokens: Sequence[UUID | str],
         results: Sequence[Any] | None = None,
+        queue_name: str | None = None,
         *,
         conn: psycopg.AsyncConnection | None = None,
     ) -> list[int]:
-        return await self._run(_sql.ack_many(job_ids, lease_tokens, results), conn)
+        return await self._run(_sql.ack_many(job_ids, lease_tokens, results, queue_name), conn)
 
     async def nack(
         self,
@@ -228,10 +231,11 @@ class AsyncClient:
         error: str | None = None,
         retry_in: timedelta | None = None,
         retry: bool = True,
+        queue_name: str | None = None,
         *,
         conn: psycopg.AsyncConnection | None = None,
     ) -> str | None:
-        return await self._run(_sql.nack(job_id, lease_token, error, retry_in, retry), conn)
+        return await self._run(_sql.nack(job_id, lease_token, error, retry_in, retry, queue_name), conn)
 
     async def reap(self, *, conn: psycopg.AsyncConnection | None = None) -> int:
         return await self._run(_sql.reap(), conn)
@@ -309,6 +313,14 @@ class AsyncClient:
     async def schema_version(self, *, conn: psycopg.AsyncConnection | None = None) -> int:
         """The installed schema version (what ``oq_schema_version()`` returns)."""
         return await self._run(_sql.schema_version(), conn)
+
+    async def distribute(self, *, conn: psycopg.AsyncConnection | None = None) -> None:
+        """Citus: distribute the tables by queue_name and route the hot path (``oq_distribute``)."""
+        return await self._run(_sql.distribute(), conn)
+
+    async def nodes(self, *, conn: psycopg.AsyncConnection | None = None) -> list[tuple[str, int, bool]]:
+        """Citus: the cluster's nodes as (host, port, is_coordinator) (``oq_nodes``); [] without Citus."""
+        return await self._run(_sql.nodes(), conn)
 
     async def settled(
         self, job_id: int, worker_id: str, attempt: int, *, conn: psycopg.AsyncConnection | None = None

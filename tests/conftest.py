@@ -7,9 +7,21 @@ Backends, chosen once per session:
   be allowed to create databases);
 * ``OPENQUEUE_TEST_BACKEND=docker``: a testcontainers PostgreSQL; skipped with
   the reason printed when no Docker engine answers.
+* ``OPENQUEUE_TEST_BACKEND=citus``: a Citus cluster (coordinator + 2 worker
+  nodes, tests/citus/cluster.py; ``make test-citus``); tests connect to the
+  coordinator.
 
 The installer runs once into a template database; each test gets its own
 database cloned from it (``create database ... template``) and dropped after.
+
+On Citus a database cannot be cloned (its shards live in the worker nodes'
+databases), and creating one (on three nodes, then install and
+oq_distribute) takes seconds. So one database is installed and distributed
+for the session, and each test starts from it emptied: one TRUNCATE of every
+OpenQueue table (tens of milliseconds). A test that changed anything else
+(objects in ``public``, OpenQueue's functions, grants or settings, the
+database's settings) leaves a different fingerprint (:func:`_citus_fingerprint`),
+and the database is then dropped and built again for the next test.
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -38,10 +51,11 @@ warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR", module="platformdir
 class Server:
     """The PostgreSQL server the session runs against."""
 
-    kind: str  # "embedded", "external" or "docker"
+    kind: str  # "embedded", "external", "docker" or "citus"
     admin_dsn: str
     bin_dir: Path | None  # where psql/pg_ctl for this server live, if known
     restart: Callable[[], None] | None  # crash-restart, where the harness controls it
+    cluster: Any = None  # kind "citus": the tests.citus.cluster.Cluster
 
     def dsn(self, database: str) -> str:
         return make_conninfo(self.admin_dsn, dbname=database)
@@ -80,6 +94,86 @@ def _docker_server() -> Iterator[Server]:
         container.stop()
 
 
+def _citus_server() -> Iterator[Server]:
+    from citus.cluster import bin_dir, start_cluster
+
+    cluster = start_cluster()
+    try:
+        yield Server("citus", cluster.dsn(), bin_dir(), None, cluster)
+    finally:
+        cluster.stop()
+
+
+# Every table of OpenQueue's schema but schema_migrations: what a test may fill.
+CITUS_TABLES = (
+    "openqueue.live_jobs, openqueue.finished_jobs, openqueue.idempotency_keys, openqueue.queues,"
+    " openqueue.queue_limits, openqueue.queue_waiters, openqueue.finished_counts,"
+    " openqueue.queue_flow, openqueue.cron_schedules"
+)
+
+
+def _citus_fingerprint(dsn: str) -> tuple[Any, ...]:
+    """What a test could change beyond the tables' rows; equal fingerprints: the database is reusable."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute(
+            "select"
+            " (select count(*) from pg_class where relnamespace = 'public'::regnamespace),"
+            " (select count(*) from pg_proc where pronamespace = 'public'::regnamespace),"
+            " (select count(*) from pg_operator where oprnamespace = 'public'::regnamespace),"
+            " (select count(*) from pg_type where typnamespace = 'public'::regnamespace),"
+            " (select count(*) from pg_namespace),"
+            " (select md5(string_agg(c.oid::regclass::text || c.relkind::text"
+            "  || coalesce(c.relacl::text, ''),"
+            "  ',' order by c.oid)) from pg_class as c where c.relnamespace = 'openqueue'::regnamespace),"
+            " (select md5(string_agg(p.oid::regprocedure::text || md5(p.prosrc) || p.prosecdef::text"
+            "  || coalesce(p.proacl::text, '') || coalesce(p.proconfig::text, ''), ',' order by p.oid))"
+            "  from pg_proc as p where p.pronamespace = 'openqueue'::regnamespace),"
+            " (select count(*) from openqueue.schema_migrations),"
+            " (select coalesce(string_agg(s.setconfig::text, ','), '') from pg_db_role_setting as s"
+            "  where s.setdatabase = (select oid from pg_database where datname = current_database()))"
+        ).fetchone()
+
+
+class _CitusDatabase:
+    """The session's one installed and distributed database on the cluster (see the module docstring)."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.name = f"oq_citus_{os.getpid()}"
+        self.fingerprint: tuple[Any, ...] | None = None
+
+    def build(self) -> None:
+        cluster = self.server.cluster
+        cluster.drop_database(self.name)
+        cluster.setup_database(self.name)
+        openqueue_py.install(self.dsn)
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute("select openqueue.oq_distribute()")
+        self.fingerprint = _citus_fingerprint(self.dsn)
+
+    @property
+    def dsn(self) -> str:
+        return self.server.dsn(self.name)
+
+    def fresh(self) -> str:
+        """The database, emptied; built again first when the last test changed more than rows."""
+        if self.fingerprint is None or _citus_fingerprint(self.dsn) != self.fingerprint:
+            self.build()
+        else:
+            with psycopg.connect(self.dsn, autocommit=True) as conn:
+                # finished_jobs by DELETE: its TRUNCATE trigger, firing on the
+                # shards, would run a distributed query there (refused).
+                conn.execute("delete from openqueue.finished_jobs")
+                conn.execute(f"truncate {CITUS_TABLES.replace('openqueue.finished_jobs, ', '')}")
+                # Sessions a test left open (a worker thread, a pool) would see the next test's rows.
+                conn.execute(
+                    "select pg_terminate_backend(pid) from pg_stat_activity"
+                    " where datname = current_database() and pid <> pg_backend_pid()"
+                    " and backend_type = 'client backend' and application_name not like 'citus%'"
+                )
+        return self.dsn
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[Server]:
     external = os.environ.get("OPENQUEUE_TEST_DSN")
@@ -88,6 +182,9 @@ def pg_server() -> Iterator[Server]:
         return
     if os.environ.get("OPENQUEUE_TEST_BACKEND") == "docker":
         yield from _docker_server()
+        return
+    if os.environ.get("OPENQUEUE_TEST_BACKEND") == "citus":
+        yield from _citus_server()
         return
     from openqueue_py.embedded import FAST_SETTINGS, EmbeddedPostgres
 
@@ -118,7 +215,13 @@ def _drop_database(server: Server, name: str) -> None:
 
 @pytest.fixture(scope="session")
 def template_db(pg_server: Server) -> Iterator[str]:
-    """A database holding a fresh install, cloned by every test."""
+    """A database holding a fresh install, cloned by every test (on Citus: the one database, reused)."""
+    if pg_server.kind == "citus":
+        database = _CitusDatabase(pg_server)
+        pg_server.citus_database = database  # type: ignore[attr-defined]
+        yield database.name
+        pg_server.cluster.drop_database(database.name)
+        return
     name = f"oq_template_{os.getpid()}"
     _create_database(pg_server, name)
     openqueue_py.install(pg_server.dsn(name))
@@ -130,6 +233,11 @@ def template_db(pg_server: Server) -> Iterator[str]:
 def empty_dsn(pg_server: Server) -> Iterator[str]:
     """A new database with nothing installed."""
     name = f"oq_empty_{os.getpid()}_{next(_counter)}"
+    if pg_server.kind == "citus":  # citus created on every node, the nodes registered
+        pg_server.cluster.setup_database(name)
+        yield pg_server.dsn(name)
+        pg_server.cluster.drop_database(name)
+        return
     _create_database(pg_server, name)
     yield pg_server.dsn(name)
     _drop_database(pg_server, name)
@@ -137,7 +245,10 @@ def empty_dsn(pg_server: Server) -> Iterator[str]:
 
 @pytest.fixture
 def dsn(pg_server: Server, template_db: str) -> Iterator[str]:
-    """A database of this test's own, OpenQueue installed."""
+    """A database of this test's own, OpenQueue installed (on Citus: distributed, emptied)."""
+    if pg_server.kind == "citus":
+        yield pg_server.citus_database.fresh()  # type: ignore[attr-defined]
+        return
     name = f"oq_test_{os.getpid()}_{next(_counter)}"
     _create_database(pg_server, name, template=template_db)
     yield pg_server.dsn(name)
@@ -173,3 +284,38 @@ def psql(pg_server: Server, dsn: str) -> Callable[..., subprocess.CompletedProce
 
 def dbname(dsn: str) -> str:
     return conninfo_to_dict(dsn)["dbname"]
+
+
+# -- the differences contract section 10 allows on Citus ---------------------------------------
+# Tests (node ids, or a prefix ending in "[") that rely on one of them are skipped
+# on the Citus backend only, with the section 10 reason printed.
+IDS_NOT_ORDERED = (
+    "section 10: on Citus job ids are unique but not ordered across queues (each node draws "
+    "from its own range, group << 48 + n); this test relies on small, consecutive ids"
+)
+NOTIFY_ON_NODE = (
+    "section 10: on Citus a routed call raises NOTIFY on the worker node that ran it; this test "
+    "listens on the coordinator only"
+)
+_CHURN = "tests/sql/test_churn.py::"
+_AUDIT = "tests/sql/test_contract_audit.py::"
+CITUS_SECTION_10 = {
+    # the jobs' finished_at moved by make_interval(secs => id)
+    _CHURN + "test_purge_batch_deletes_at_most_max_rows_oldest_first": IDS_NOT_ORDERED,
+    _CHURN + "test_purge_batch_frees_idempotency_keys_and_respects_include_dead": IDS_NOT_ORDERED,
+    _CHURN + "test_purge_deletes_everything_matching_in_several_batches": IDS_NOT_ORDERED,
+    _CHURN + "test_purge_batch_bad_input[": IDS_NOT_ORDERED,
+    _CHURN + "test_purge_batch_limits_are_inclusive": IDS_NOT_ORDERED,
+    # the next id drawn is compared with the last one
+    _AUDIT + "test_enqueue_batch_with_an_empty_array_writes_nothing_and_draws_no_id": IDS_NOT_ORDERED,
+    _AUDIT + "test_one_notification_per_enqueue_batch_call": NOTIFY_ON_NODE,
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("OPENQUEUE_TEST_BACKEND") != "citus":
+        return
+    for item in items:
+        for nodeid, reason in CITUS_SECTION_10.items():
+            if item.nodeid == nodeid or (nodeid.endswith("[") and item.nodeid.startswith(nodeid)):
+                item.add_marker(pytest.mark.skip(reason=reason))

@@ -39,7 +39,7 @@ from .executor import Executor
 from .fetcher import Fetcher
 from .heartbeat import Heartbeat, beat_every
 from .jobs import Run
-from .listener import listen_loop
+from .listener import listen_all
 from .logging import log
 from .maintenance import reap_loop, tick_loop
 
@@ -106,6 +106,8 @@ class Core:
 
         self.dsn = dsn
         self.listen_dsn = listen_dsn or dsn
+        self.nodes: list[tuple[str, int, bool]] = []  # a Citus cluster's (see _run)
+        self.citus = False
         self.prepare_threshold = prepare_threshold
         self.handlers = dict(handlers)
         self.queues = list(self.handlers)
@@ -161,6 +163,10 @@ class Core:
         loop = asyncio.get_running_loop()
         # Fail fast, in one line, on what no retry cures (see .startup).
         await startup.check(self.dsn, self.listen_dsn, self.prepare_threshold)
+        # A Citus cluster (contract section 10): its nodes, to LISTEN on each;
+        # calls for a leased job go one queue per statement, each routed.
+        self.nodes = await startup.cluster_nodes(self.dsn, self.prepare_threshold)
+        self.citus = bool(self.nodes)
         if self.metrics_port is not None:
             self.metrics = _serve_metrics(self.metrics_port)
         # Jobs this worker holds a lease on and has not settled: waiting for a
@@ -175,7 +181,8 @@ class Core:
         self.completer = Completer(
             self, flush_size=max(self.batch_size, self.concurrency), flush_interval=FLUSH_INTERVAL
         )
-        self.completer.lease_source = self.fetcher.ride_along  # one statement acks and refills
+        if not self.citus:  # one statement acks and refills (on Citus: two calls, each routed)
+            self.completer.lease_source = self.fetcher.ride_along
         self._idle = asyncio.Event()
         self._idle.set()
         self._stop_event = asyncio.Event()
@@ -192,7 +199,7 @@ class Core:
             concurrency=self.concurrency,
         )
         background = [
-            asyncio.create_task(listen_loop(self), name="openqueue-listen"),
+            asyncio.create_task(listen_all(self), name="openqueue-listen"),
             asyncio.create_task(self.heartbeat.loop(), name="openqueue-heartbeat"),
         ]
         if self.reap_interval is not None:

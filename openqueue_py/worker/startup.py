@@ -108,3 +108,18 @@ async def check(dsn: str, listen_dsn: str, prepare_threshold: int | None) -> int
     if listen_dsn != dsn:
         await close_quietly(await _open(listen_dsn, None))
     return version
+
+
+async def cluster_nodes(dsn: str, prepare_threshold: int | None) -> list[tuple[str, int, bool]]:
+    """The Citus cluster's nodes (host, port, is_coordinator) from oq_nodes(); none on one PostgreSQL.
+
+    A routed call notifies on the node that ran it (contract section 10): the
+    listener listens on each of them.
+    """
+    conn = await _open(dsn, prepare_threshold)
+    try:
+        call = _sql.nodes()
+        cursor = await conn.execute(call.query, call.params)
+        return call.decode(await cursor.fetchall())
+    finally:
+        await close_quietly(conn)

@@ -46,6 +46,7 @@ NOT_FUZZED = {
     "close": "ends the client; no arguments",
     "connection": "lends a connection; no arguments",
     "install": "idempotent installer, covered by tests/test_install.py; no arguments",
+    "distribute": "no arguments; 0A000 without Citus (tests/sql/test_scale_out.py, tests/citus/)",
 }
 
 

@@ -124,7 +124,7 @@ def test_an_owner_without_createrole_installs_with_a_notice_then_grants_by_hand_
     assert third.returncode == 0, third.stderr
     assert "skipped" not in third.stderr
     with psycopg.connect(owner_dsn) as conn:
-        ack = "openqueue.oq_ack(bigint, uuid, jsonb)"
+        ack = "openqueue.oq_ack(bigint, uuid, jsonb, text)"
         granted = conn.execute(
             "select has_function_privilege('openqueue_worker', %(ack)s, 'execute'),"
             " has_function_privilege('openqueue_producer', %(ack)s, 'execute'),"

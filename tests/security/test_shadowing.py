@@ -145,6 +145,8 @@ SCENARIO: list[tuple[str, str]] = [
     ("replay", "select openqueue.oq_replay(7)"),
     ("next run at", "select openqueue.oq_next_run_at(array['s'])"),
     ("schema version", "select openqueue.oq_schema_version() >= 3"),
+    ("nodes", "select count(*) from openqueue.oq_nodes()"),
+    ("distribute", "select openqueue.oq_distribute()"),
     ("stats", "select * from openqueue.oq_stats()"),
     ("health", "select count(distinct check_name) > 0 from openqueue.oq_health()"),
     (

@@ -239,9 +239,19 @@ ALL_STATES = ("processing", "failed", "completed", "dead", "cancelled", "pending
 def wait_until_blocked(conn: psycopg.Connection, pid: int, timeout: float = 10.0) -> None:
     """Wait until backend `pid` waits on a heavyweight lock (the point of a race test)."""
     deadline = time.monotonic() + timeout
+    # On Citus the call may run on a worker node and wait there: the cluster's
+    # lock waits name the coordinator session by its global pid (node id * 10^10 + pid).
+    citus = conn.execute("select exists (select from pg_extension where extname = 'citus')").fetchone()[0]
     while time.monotonic() < deadline:
         row = conn.execute("select wait_event_type from pg_stat_activity where pid = %s", [pid]).fetchone()
         if row is not None and row[0] == "Lock":
+            return
+        if (
+            citus
+            and conn.execute(
+                "select exists (select from citus_lock_waits where waiting_gpid %% 10000000000 = %s)", [pid]
+            ).fetchone()[0]
+        ):
             return
         time.sleep(0.01)
     raise AssertionError(f"backend {pid} never blocked on a lock")
@@ -287,6 +297,9 @@ class Background(threading.Thread):
 
 @pytest.fixture(scope="module", name="module_database")
 def module_database(pg_server, template_db) -> Iterator[tuple[str, list[str], bool]]:
+    if pg_server.kind == "citus":  # the session's one database (tests/conftest.py)
+        yield template_db, [], False
+        return
     name = f"oq_sql_{os.getpid()}_{uuid.uuid4().hex[:10]}"
     _create_db(pg_server, name, template_db)
     with psycopg.connect(pg_server.dsn(name), autocommit=True) as conn:
@@ -307,6 +320,9 @@ def module_database(pg_server, template_db) -> Iterator[tuple[str, list[str], bo
 @pytest.fixture(name="dsn")
 def fresh_dsn(pg_server, template_db, module_database) -> Iterator[str]:
     name, tables, seeded = module_database
+    if pg_server.kind == "citus":
+        yield pg_server.citus_database.fresh()
+        return
     if seeded:
         own = f"oq_sql_{os.getpid()}_{uuid.uuid4().hex[:10]}"
         _create_db(pg_server, own, template_db)

@@ -87,17 +87,24 @@ SIGNATURES = {
         " lease_expires_at timestamp with time zone)",
     ),
     "oq_heartbeat": (
-        "job_id bigint, lease_token uuid, lease_seconds integer DEFAULT NULL::integer",
+        "job_id bigint, lease_token uuid, lease_seconds integer DEFAULT NULL::integer,"
+        " queue_name text DEFAULT NULL::text",
         "timestamp with time zone",
     ),
-    "oq_ack": ("job_id bigint, lease_token uuid, result jsonb DEFAULT NULL::jsonb", "boolean"),
+    "oq_ack": (
+        "job_id bigint, lease_token uuid, result jsonb DEFAULT NULL::jsonb,"
+        " queue_name text DEFAULT NULL::text",
+        "boolean",
+    ),
     "oq_ack_many": (
-        "job_ids bigint[], lease_tokens uuid[], results jsonb[] DEFAULT NULL::jsonb[]",
+        "job_ids bigint[], lease_tokens uuid[], results jsonb[] DEFAULT NULL::jsonb[],"
+        " queue_name text DEFAULT NULL::text",
         "SETOF bigint",
     ),
     "oq_nack": (
         "job_id bigint, lease_token uuid, error text DEFAULT NULL::text,"
-        " retry_in interval DEFAULT NULL::interval, retry boolean DEFAULT true",
+        " retry_in interval DEFAULT NULL::interval, retry boolean DEFAULT true,"
+        " queue_name text DEFAULT NULL::text",
         "text",
     ),
     "oq_reap": ("", "integer"),

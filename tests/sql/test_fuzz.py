@@ -36,6 +36,7 @@ FUNCTIONS = [
     "oq_lease",
     "oq_nack",
     "oq_next_run_at",
+    "oq_nodes",
     "oq_pause_queue",
     "oq_purge",
     "oq_purge_batch",
@@ -54,6 +55,10 @@ FUNCTIONS = [
     "oq_unschedule",
     "oq_wait",
 ]
+
+# Takes no argument and, without Citus, always raises 0A000 (contract section
+# 10, tested in tests/sql/test_scale_out.py and tests/citus/).
+NOT_FUZZED = ["oq_distribute"]
 
 NUL_FREE = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
 MEGABYTE = 1024 * 1024
@@ -264,7 +269,7 @@ def fuzz_conn(dsn):
 
 
 def test_every_function_is_fuzzed(conn):
-    assert sorted(functions(conn)) == FUNCTIONS
+    assert sorted(functions(conn)) == sorted(FUNCTIONS + NOT_FUZZED)
 
 
 @pytest.mark.parametrize("name", FUNCTIONS)

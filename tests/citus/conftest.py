@@ -1,0 +1,77 @@
+"""A Citus cluster (coordinator + 2 workers) for the scale-out tests.
+
+Runs only when asked (``OPENQUEUE_TEST_BACKEND=citus`` or ``make test-citus``):
+the first run builds Citus into ``.cache/citus/`` (about a minute), later runs
+start the cluster in about 3 seconds. One database for the session, with
+OpenQueue installed on the coordinator and ``oq_distribute()`` run; tests
+use queue names of their own, so they need no cleanup between them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+import openqueue_py
+
+from .cluster import Cluster, start_cluster
+
+DATABASE = "oq_citus"
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("OPENQUEUE_TEST_BACKEND") == "citus":
+        return
+    skip = pytest.mark.skip(reason="Citus tests: run with OPENQUEUE_TEST_BACKEND=citus (make test-citus)")
+    for item in items:
+        if "tests/citus/" in str(item.fspath).replace(os.sep, "/"):
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def citus_cluster() -> Iterator[Cluster]:
+    cluster = start_cluster()
+    try:
+        cluster.setup_database(DATABASE)
+        openqueue_py.install(cluster.dsn(DATABASE))
+        with psycopg.connect(cluster.dsn(DATABASE), autocommit=True) as conn:
+            conn.execute("select openqueue.oq_distribute()")
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def citus_dsn(citus_cluster: Cluster) -> str:
+    return citus_cluster.dsn(DATABASE)
+
+
+class RemoteLog:
+    """The commands the coordinator sends to other nodes (citus.log_remote_commands)."""
+
+    _DETAIL = re.compile(r"on server \S+@[\d.]+:(\d+) connectionId")
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.entries: list[tuple[int, str]] = []
+        conn.execute("set citus.log_remote_commands = on")
+        conn.execute("set client_min_messages = log")
+        conn.add_notice_handler(self._notice)
+
+    def _notice(self, diagnostic: psycopg.errors.Diagnostic) -> None:
+        message = diagnostic.message_primary or ""
+        match = self._DETAIL.search(diagnostic.message_detail or "")
+        if message.startswith("issuing ") and match:
+            self.entries.append((int(match[1]), message.removeprefix("issuing ")))
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+
+@pytest.fixture
+def remote_log(citus_dsn: str) -> Iterator[tuple[psycopg.Connection, RemoteLog]]:
+    with psycopg.connect(citus_dsn, autocommit=True) as conn:
+        yield conn, RemoteLog(conn)
