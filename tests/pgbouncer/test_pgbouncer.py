@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+import pytest
 
 from openqueue_py import AsyncClient, Client, JobState, Worker, _sql
 
@@ -94,6 +95,10 @@ def _every_method(client: Client) -> set[str]:
     assert call("resume_queue", "pb") is True
     assert call("set_queue_limits", "pb", max_running=1) is None
     assert {s.queue_name: s.max_running for s in call("queue_settings")}["pb"] == 1
+    # contract section 10, on one PostgreSQL: no nodes, and distribute says Citus is missing
+    assert call("nodes") == []
+    with pytest.raises(psycopg.errors.FeatureNotSupported):
+        call("distribute")
     return called
 
 
