@@ -5,6 +5,8 @@ job (``<prefix>-<n>``). On a connection error it reconnects and retries with
 the SAME key until the database acknowledges the commit; only then does it
 append ``key<TAB>job id`` to ``--out`` (flushed). SIGTERM stops it after the
 key in hand is acknowledged. At exit it prints one JSON line of counters.
+With ``--queues a,b,c`` (Citus mode) each key goes to one of them, chosen
+from the key (so a retry goes to the same queue).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import random
 import signal
 import sys
 import time
+import zlib
 from types import FrameType
 
 import psycopg
@@ -30,8 +33,9 @@ GIVE_UP_S = 240.0
 
 
 class Producer:
-    def __init__(self, dsn: str, prefix: str, max_attempts: int) -> None:
+    def __init__(self, dsn: str, prefix: str, max_attempts: int, queues: tuple[str, ...] = (QUEUE,)) -> None:
         self.dsn = dsn
+        self.queues = queues
         self.prefix = prefix
         self.max_attempts = max_attempts
         self.conn: psycopg.Connection | None = None
@@ -43,12 +47,13 @@ class Producer:
         """The job id for ``key``, once its commit is acknowledged."""
         deadline = time.monotonic() + GIVE_UP_S
         failed = False
+        queue = queue_of(key, self.queues)
         while True:
             try:
                 if self.conn is None or self.conn.closed:
                     self.conn = psycopg.connect(self.dsn, connect_timeout=5)
                 row = self.conn.execute(
-                    ENQUEUE, (QUEUE, Jsonb({"key": key}), self.max_attempts, key)
+                    ENQUEUE, (queue, Jsonb({"key": key}), self.max_attempts, key)
                 ).fetchone()
                 self.conn.commit()
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
@@ -73,6 +78,11 @@ class Producer:
                 conn.close()
 
 
+def queue_of(key: str, queues: tuple[str, ...]) -> str:
+    """The queue a key is enqueued into: fixed by the key, spread evenly."""
+    return queues[zlib.crc32(key.encode()) % len(queues)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dsn", required=True)
@@ -80,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefix", required=True)
     parser.add_argument("--rate", type=float, default=20.0, help="logical jobs per second")
     parser.add_argument("--max-attempts", type=int, default=100)
+    parser.add_argument("--queues", default=QUEUE, help="comma-separated queue names")
     args = parser.parse_args(argv)
 
     stopping = False
@@ -90,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    producer = Producer(args.dsn, args.prefix, args.max_attempts)
+    producer = Producer(args.dsn, args.prefix, args.max_attempts, tuple(args.queues.split(",")))
     acked = 0
     interval = 1.0 / args.rate
     next_at = time.monotonic()
