@@ -30,7 +30,11 @@ import psycopg
 
 import openqueue_py
 from openqueue_py.embedded import EmbeddedPostgres
-from tests.citus.cluster import Cluster, Node
+
+try:
+    from tests.citus.cluster import Cluster, Node
+except ImportError:  # under pytest without the checkout on sys.path: tests/citus is package "citus"
+    from citus.cluster import Cluster, Node  # type: ignore[no-redef]
 
 from .driver import LEDGER_DDL, SERVER_SETTINGS, ChaosRun
 from .plan import ChaosConfig
@@ -171,7 +175,7 @@ class CitusChaosRun(ChaosRun):
         if not found:
             return
         for dsn, pid in self.rng.sample(found, k=min(len(found), self.rng.choice((1, 1, 2, 3)))):
-            done = self._query("select pg_terminate_backend(%s)", (pid,), dsn=dsn)
+            done = self._query("select pg_terminate_backend(%s::int)", (pid,), dsn=dsn)
             if done and done[0][0]:
                 self.tally.counts["backends terminated"] += 1
                 self.tally.counts[f"backends terminated on {self._node_name(dsn)}"] += 1

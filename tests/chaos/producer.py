@@ -24,6 +24,8 @@ from types import FrameType
 import psycopg
 from psycopg.types.json import Jsonb
 
+from openqueue_py.worker.connections import node_unavailable
+
 QUEUE = "chaos"
 ENQUEUE = (
     "select openqueue.oq_enqueue(queue_name => %s, payload => %s, max_attempts => %s, idempotency_key => %s)"
@@ -42,6 +44,7 @@ class Producer:
         self.retries = 0  # enqueue calls that failed and were retried
         self.keys_retried = 0  # logical jobs that needed more than one call
         self.null_ids = 0  # oq_enqueue answered NULL (never expected)
+        self.node_lost = 0  # of the retries: Citus reported a node lost (XX000)
 
     def enqueue_until_acked(self, key: str) -> int:
         """The job id for ``key``, once its commit is acknowledged."""
@@ -56,7 +59,13 @@ class Producer:
                     ENQUEUE, (queue, Jsonb({"key": key}), self.max_attempts, key)
                 ).fetchone()
                 self.conn.commit()
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            except psycopg.Error as exc:
+                # A lost connection, or on Citus a node lost at commit (XX000, see
+                # openqueue_py.worker.connections.NodeUnavailable): the same key again.
+                if not isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+                    if not node_unavailable(exc):
+                        raise
+                    self.node_lost += 1
                 self._drop()
                 self.retries += 1
                 if not failed:
@@ -123,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         "retries": producer.retries,
         "keys_retried": producer.keys_retried,
         "null_ids": producer.null_ids,
+        "node_lost": producer.node_lost,
     }
     print(json.dumps(counters), flush=True)
     return 0

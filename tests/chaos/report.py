@@ -53,6 +53,7 @@ def summary(
     t, v = tally, verdict.counts
     retries = sum(p.get("retries", 0) for p in t.producers)
     keys_retried = sum(p.get("keys_retried", 0) for p in t.producers)
+    node_lost = sum(p.get("node_lost", 0) for p in t.producers)
     causes = ", ".join(
         f"{k.removeprefix('extra: ')} {n}" for k, n in sorted(v.items()) if k.startswith("extra: ")
     )
@@ -76,7 +77,8 @@ def summary(
         f" {config.freeze_seconds:g} s, {t.counts['backends terminated']} backends terminated,{servers}",
         *t.notes,
         f"  producers:  {v['acked']} enqueues acknowledged; {retries} calls retried with the same key"
-        f" ({keys_retried} jobs)",
+        f" ({keys_retried} jobs)"
+        + (f", {node_lost} of them after a Citus XX000 'node lost'" if config.citus else ""),
         f"  workers:    {t.counts['workers started']} `openqueue worker` processes,"
         f" {config.concurrency} slots each, {config.workers} at a time",
         f"  jobs:       {v['jobs']} in openqueue.jobs: {v['completed']} completed, {v['pending']} pending,"
