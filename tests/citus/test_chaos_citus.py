@@ -136,7 +136,8 @@ def test_a_node_connection_lost_at_commit_is_a_transient_error_for_the_worker(ow
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("create schema if not exists lost_commit")
         conn.execute("create table if not exists lost_commit.t (k text, v int)")
-        if not conn.execute("select 1 from pg_dist_partition where logicalrelid = 'lost_commit.t'::regclass"):
+        distributed = "select 1 from pg_dist_partition where logicalrelid = 'lost_commit.t'::regclass"
+        if conn.execute(distributed).fetchone() is None:
             conn.execute("select create_distributed_table('lost_commit.t', 'k')")
         key = next(
             f"k{i}"
