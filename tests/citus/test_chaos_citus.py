@@ -25,6 +25,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from chaos.plan import ChaosConfig
 from worker.conftest import Events, running, wait_until
 
 import openqueue_py
@@ -36,7 +37,7 @@ from .cluster import Cluster, start_cluster
 from .test_worker_citus import queues_on_each_node
 
 DATABASE = "oq_restart"
-CHAOS_SECONDS = 25
+CHAOS_SECONDS = 25  # in `make test-citus`; CHAOS_SECONDS overrides it (`make chaos-citus`: 60)
 SUMMARIES: list[str] = []
 
 
@@ -184,18 +185,19 @@ def test_a_node_connection_lost_at_commit_is_a_transient_error_for_the_worker(ow
         assert conn.execute("select count(*) from lost_commit.t").fetchone()[0] == 0  # nothing committed
 
 
+CONFIG = ChaosConfig.from_env(default_seconds=CHAOS_SECONDS, citus=True)
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(CHAOS_SECONDS * 4 + 600)
+@pytest.mark.timeout(int(CONFIG.seconds + CONFIG.drain_timeout + 300))
 def test_chaos_run_on_citus_with_worker_nodes_restarted_loses_nothing(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     from chaos.driver import run_chaos
-    from chaos.plan import ChaosConfig
 
     if not request.config.pluginmanager.has_plugin("chaos-citus-summary"):
         request.config.pluginmanager.register(_Summary(), "chaos-citus-summary")
-    config = ChaosConfig.from_env(default_seconds=CHAOS_SECONDS, citus=True)
-    report = run_chaos(config, tmp_path)
+    report = run_chaos(CONFIG, tmp_path)
     SUMMARIES.append(report.text)
     print(report.text)
     assert not report.violations, report.text
