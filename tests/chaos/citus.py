@@ -22,6 +22,8 @@ tables next to distributed ones.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -77,7 +79,10 @@ def queues_per_node(conn: psycopg.Connection, per_node: int) -> dict[int, list[s
 class CitusChaosRun(ChaosRun):
     def __init__(self, config: ChaosConfig, work_dir: Path, log: Callable[[str], None]) -> None:
         super().__init__(config, work_dir, log)
-        self.cluster = Cluster(work_dir / "cluster", 2, settings=CLUSTER_SETTINGS)
+        # Its own temporary folder (the server user must reach it; a pytest tmp_path is
+        # private to root): removed at the end, the nodes' server logs copied to work_dir.
+        root = Path(tempfile.mkdtemp(prefix="openqueue-chaos-citus-"))
+        self.cluster = Cluster(root, 2, settings=CLUSTER_SETTINGS)
         self.pg = EmbeddedPostgres(settings=SERVER_SETTINGS)  # the ledger's server
         self.node_queues: dict[str, list[str]] = {}  # worker node name -> its queues
         self.node_dsns: list[str] = []
@@ -219,8 +224,13 @@ class CitusChaosRun(ChaosRun):
         )
 
     def stop_servers(self) -> None:
-        """Stop the nodes (their data and ``server.log`` stay in the work dir) and the ledger."""
+        """Stop the nodes and the ledger; the nodes' ``server.log`` go to the work dir."""
         try:
             self.cluster.stop()
         finally:
             self.pg.stop()
+        for node in self.cluster.nodes:
+            log = node.data_dir / "server.log"
+            if log.exists():
+                shutil.copyfile(log, self.work_dir / f"{node.name}.log")
+        shutil.rmtree(self.cluster.root, ignore_errors=True)
