@@ -199,5 +199,4 @@ def test_chaos_run_on_citus_with_worker_nodes_restarted_loses_nothing(
         request.config.pluginmanager.register(_Summary(), "chaos-citus-summary")
     report = run_chaos(CONFIG, tmp_path)
     SUMMARIES.append(report.text)
-    print(report.text)
     assert not report.violations, report.text
