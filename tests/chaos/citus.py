@@ -235,9 +235,16 @@ class CitusChaosRun(ChaosRun):
         for worker in self.workers:
             text = worker.log_path.read_text(errors="replace")
             lines += sum(1 for line in text.splitlines() if "NodeUnavailable" in line)
+        recovered = 0
+        for node in self.cluster.nodes:
+            log = node.data_dir / "server.log"
+            if log.exists():
+                recovered += log.read_text(errors="replace").count("recovered a prepared transaction")
+        interval = CLUSTER_SETTINGS["citus.recover_2pc_interval"]
         self.tally.notes.append(
             f"  citus:      {lines} worker log lines of a call retried after a Citus XX000 node loss"
-            " (NodeUnavailable)"
+            f" (NodeUnavailable); {recovered} prepared transactions left by a node's crash and"
+            f" recovered by Citus (citus.recover_2pc_interval {interval})"
         )
 
     def stop_servers(self) -> None:
