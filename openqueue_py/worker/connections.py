@@ -27,9 +27,10 @@ class NodeUnavailable(psycopg.OperationalError):
     ``failure on connection marked as essential`` instead, one lost before
     the commit of a single-node write as ``XX000`` ``could not commit
     transaction for shard ...``, and a connection lost while a result was
-    awaited may come as ``XX000`` with libpq's text.
-    Either way the transaction was rolled back (or, for an ack, oq_settled
-    tells): the call may be retried like any lost connection.
+    awaited may come as ``XX000`` with libpq's text. The call's outcome is
+    that of a lost connection (rolled back, or unknown when the commit was
+    under way: an ack then asks oq_settled, and a lease that did commit
+    comes back through its expiry), so it is retried like one.
     """
 
 

@@ -141,7 +141,7 @@ def _open_path_for(path: Path) -> None:
         return
     for parent in [path, *path.parents]:
         mode = parent.stat().st_mode
-        if (mode & 0o005) != 0o005:  # (without the parentheses: mode & False, never true)
+        if mode & 0o005 != 0o005:
             parent.chmod(mode | 0o005)
 
 
