@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint sql fmt bench bench-large bench-soak chaos clean docs demo test-citus test-citus-contract
+.PHONY: test lint sql fmt bench bench-large bench-soak chaos chaos-citus clean docs demo test-citus test-citus-contract
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,6 +63,10 @@ bench-soak: $(STAMP)
 CHAOS_SECONDS ?= 60
 chaos: $(STAMP)
 	CHAOS_SECONDS=$(CHAOS_SECONDS) $(BIN)/python -m pytest tests/chaos -s -p no:cacheprovider
+
+## chaos-citus: the chaos run on a Citus cluster (coordinator + 2 worker nodes), worker nodes restarted and stopped (same knobs)
+chaos-citus: $(STAMP)
+	CHAOS_SECONDS=$(CHAOS_SECONDS) OPENQUEUE_TEST_BACKEND=citus $(BIN)/python -m pytest tests/citus/test_chaos_citus.py -k chaos_run -s -p no:cacheprovider
 
 ## sql: regenerate sql/openqueue.sql from sql/migrations/
 sql: $(STAMP)

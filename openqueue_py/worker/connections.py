@@ -17,9 +17,45 @@ from .._sql import Call
 
 T = TypeVar("T")
 
+
+class NodeUnavailable(psycopg.OperationalError):
+    """A Citus node the call needed was lost mid-call; Citus reported it as an internal error.
+
+    Citus reports most node failures as ``08006`` (``connection to the remote
+    node ... failed``), an ``OperationalError`` already. The loss of a
+    connection that had written in the call's transaction comes as ``XX000``
+    ``failure on connection marked as essential`` instead, one lost before
+    the commit of a single-node write as ``XX000`` ``could not commit
+    transaction for shard ...``, and a connection lost while a result was
+    awaited may come as ``XX000`` with libpq's text. The call's outcome is
+    that of a lost connection (rolled back, or unknown when the commit was
+    under way: an ack then asks oq_settled, and a lease that did commit
+    comes back through its expiry), so it is retried like one.
+    """
+
+
 # Errors after which the same call may well succeed: the connection dropped,
-# the server is restarting, a pool or socket timed out.
+# the server is restarting, a pool or socket timed out, a Citus node was lost.
 TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError, OSError)
+
+# The texts of Citus's XX000 reports of a lost node connection (remote_transaction.c,
+# remote_commands.c ReportResultError with libpq's message).
+_NODE_LOST = (
+    "failure on connection marked as essential",
+    "could not commit transaction for shard",
+    "server closed the connection unexpectedly",
+    "connection not open",
+    "terminating connection due to",
+)
+
+
+def node_unavailable(exc: BaseException) -> bool:
+    """True for a Citus ``XX000`` that reports a lost connection to a node (see :class:`NodeUnavailable`)."""
+    if not isinstance(exc, psycopg.Error) or exc.sqlstate != "XX000":
+        return False
+    primary = exc.diag.message_primary or ""
+    return any(text in primary for text in _NODE_LOST)
+
 
 # SQLSTATEs the lease call raises for a bad argument: a worker configured
 # with them can never lease anything, so run() raises WorkerError.
@@ -120,10 +156,19 @@ class Connections:
                     await close_quietly(conn)
 
     async def run(self, call: Call[T]) -> T:
-        """One statement on a borrowed connection, decoded."""
+        """One statement on a borrowed connection, decoded.
+
+        A Citus node lost mid-call raises :class:`NodeUnavailable` (transient).
+        """
         async with self.connection() as conn:
-            cursor = await conn.execute(call.query, call.params)
-            return call.decode(await cursor.fetchall())
+            try:
+                cursor = await conn.execute(call.query, call.params)
+                rows = await cursor.fetchall()
+            except psycopg.Error as exc:
+                if node_unavailable(exc):
+                    raise NodeUnavailable(str(exc).strip()) from exc
+                raise
+            return call.decode(rows)
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []

@@ -65,13 +65,13 @@ async def listen_loop(core: Core, dsn: str | None = None) -> None:
     fetcher, handled = core.fetcher, core.handlers
     dsn = core.listen_dsn if dsn is None else dsn
     node = conninfo_to_dict(dsn).get("port", "")
+    fields = {"port": node} if core.nodes else {}
     while True:
         conn: psycopg.AsyncConnection | None = None
         try:
             conn = await connect(dsn)
             await conn.execute(LISTEN_STATEMENT)
             backoff.reset()
-            fields = {"port": node} if core.nodes else {}
             log(logging.INFO, "worker.listening", worker_id=core.worker_id, **fields)
             # Anything enqueued while we were not listening is found by a lease round.
             fetcher.mark_all_ready()
@@ -86,7 +86,7 @@ async def listen_loop(core: Core, dsn: str | None = None) -> None:
             raise
         except Exception as exc:
             level = logging.WARNING if backoff.failures == 0 else logging.DEBUG
-            log(level, "worker.listen_lost", worker_id=core.worker_id, error=str(exc).strip())
+            log(level, "worker.listen_lost", worker_id=core.worker_id, error=str(exc).strip(), **fields)
             await asyncio.sleep(backoff.next())
         finally:
             if conn is not None:

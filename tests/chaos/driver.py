@@ -82,11 +82,13 @@ class ChaosRun:
         self.rng = random.Random(config.seed)
         self.pg = EmbeddedPostgres(settings=SERVER_SETTINGS)
         self.dsn = ""
+        self.ledger_dsn = ""  # the handlers' ledger (here: the same database)
+        self.queues: list[str] = [QUEUE]
         self.server_version = ""
         self.workers: list[WorkerProcess] = []
         self.producers: list[subprocess.Popen[bytes]] = []
         self.tally = Tally()
-        self._admin: psycopg.Connection | None = None
+        self._admin: dict[str, psycopg.Connection] = {}  # the driver's connections, by DSN
         self._frozen_in_flight: dict[int, tuple[tuple[int, int], ...]] = {}
         self._t0 = 0.0
 
@@ -99,7 +101,7 @@ class ChaosRun:
             conn.execute("create database chaos")
             row = conn.execute("show server_version").fetchone()
             self.server_version = row[0] if row else "?"
-        self.dsn = self.pg.dsn("chaos")
+        self.dsn = self.ledger_dsn = self.pg.dsn("chaos")
         openqueue_py.install(self.dsn)
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             conn.execute(LEDGER_DDL)
@@ -110,7 +112,7 @@ class ChaosRun:
             )
 
     def _env(self) -> dict[str, str]:
-        env = {**os.environ, DSN_ENV: self.dsn, FAIL_RATE_ENV: str(self.config.fail_rate)}
+        env = {**os.environ, DSN_ENV: self.ledger_dsn, FAIL_RATE_ENV: str(self.config.fail_rate)}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
         env.pop("OPENQUEUE_DSN", None)
         return env
@@ -119,9 +121,10 @@ class ChaosRun:
         c = self.config
         worker_id = f"chaos-w{len(self.workers)}"
         log_path = self.work_dir / f"{worker_id}.log"
+        queues = [arg for queue in self.queues for arg in ("--queue", f"{queue}={HANDLER}")]
         command = [
             sys.executable, "-m", "openqueue_py", "worker", "--dsn", self.dsn,
-            "--queue", f"{QUEUE}={HANDLER}", "--concurrency", str(c.concurrency),
+            *queues, "--concurrency", str(c.concurrency),
             "--lease-seconds", str(c.lease_seconds), "--reap-interval", str(c.reap_interval),
             "--poll-interval", str(c.poll_interval), "--grace-period", str(c.grace_period),
             "--worker-id", worker_id,
@@ -146,6 +149,7 @@ class ChaosRun:
                 sys.executable, "-m", "tests.chaos.producer", "--dsn", self.dsn,
                 "--out", str(self.work_dir / f"producer-{n}.tsv"), "--prefix", f"p{n}",
                 "--rate", str(self.config.rate), "--max-attempts", str(self.config.max_attempts),
+                "--queues", ",".join(self.queues),
             ]  # fmt: skip
             self.producers.append(
                 subprocess.Popen(
@@ -160,21 +164,36 @@ class ChaosRun:
 
     # -- database helpers (the driver's own connection; None while the server is down) --------
 
-    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]] | None:
+    def _query(
+        self, sql: str, params: tuple[Any, ...] = (), dsn: str | None = None
+    ) -> list[tuple[Any, ...]] | None:
+        """``sql`` on the driver's connection to ``dsn`` (the queue's DSN by default); None on failure.
+
+        On Citus a node that is down makes the coordinator raise other errors
+        than a lost connection (``_DB_ERRORS``): those answer None too.
+        """
+        dsn = dsn or self.dsn
         for _ in range(2):
             try:
-                if self._admin is None or self._admin.closed:
-                    self._admin = psycopg.connect(self.dsn, autocommit=True, connect_timeout=3)
-                return self._admin.execute(sql, params).fetchall()
+                admin = self._admin.get(dsn)
+                if admin is None or admin.closed:
+                    admin = self._admin[dsn] = psycopg.connect(dsn, autocommit=True, connect_timeout=3)
+                return admin.execute(sql, params).fetchall()
             except _DB_ERRORS:
-                self._close_admin()
+                self._close_admin(dsn)
+            except psycopg.Error:
+                if not self.config.citus:
+                    raise
+                self._close_admin(dsn)
+                return None
         return None
 
-    def _close_admin(self) -> None:
-        admin, self._admin = self._admin, None
-        if admin is not None:
-            with contextlib.suppress(psycopg.Error):
-                admin.close()
+    def _close_admin(self, dsn: str | None = None) -> None:
+        for key in [dsn] if dsn else list(self._admin):
+            admin = self._admin.pop(key, None) if key else None
+            if admin is not None:
+                with contextlib.suppress(psycopg.Error):
+                    admin.close()
 
     def _in_flight(self, worker_id: str) -> tuple[tuple[int, int], ...]:
         rows = self._query(
@@ -279,6 +298,22 @@ class ChaosRun:
         self.tally.counts["outages"] += 1
         self.log(f"  {self._now():5.1f} s  outage: stopped (immediate) for {self.tally.outage_s[-1]:.1f} s")
 
+    def node_restart(self, index: int) -> None:
+        raise NotImplementedError("worker nodes exist in Citus mode only (tests/chaos/citus.py)")
+
+    def node_outage(self, index: int) -> None:
+        raise NotImplementedError("worker nodes exist in Citus mode only (tests/chaos/citus.py)")
+
+    def describe(self) -> str:
+        """The server(s) the run used, for the summary."""
+        server = f"private embedded PostgreSQL {self.server_version}"
+        if os.environ.get("OPENQUEUE_TEST_DSN"):
+            server += ", not OPENQUEUE_TEST_DSN's server"
+        return server
+
+    def check_after(self) -> None:
+        """Checks of the run's logs beyond verify.py's accounting (Citus mode adds some)."""
+
     def _now(self) -> float:
         return time.monotonic() - self._t0
 
@@ -320,6 +355,10 @@ class ChaosRun:
                     self.thaw(action.pid)
                 case "terminate":
                     self.terminate_backends()
+                case "node restart":
+                    self.node_restart(action.pid)
+                case "node outage":
+                    self.node_outage(action.pid)
         while self._now() < self.config.seconds:
             time.sleep(0.2)
             self._check_workers()
@@ -344,9 +383,9 @@ class ChaosRun:
         deadline = time.monotonic() + self.config.drain_timeout
         while time.monotonic() < deadline:
             rows = self._query(
-                "select count(*) from openqueue.jobs where queue_name = %s"
+                "select count(*) from openqueue.jobs where queue_name = any(%s)"
                 " and status in ('pending', 'failed', 'processing')",
-                (QUEUE,),
+                (self.queues,),
             )
             if rows is not None and rows[0][0] == 0:
                 break
@@ -389,12 +428,20 @@ class ChaosRun:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             jobs = tuple(
                 JobRow(
-                    r[0], r[1], r[2], r[3], tuple((int(e["attempt"]), str(e["error"])) for e in r[4]), r[5]
+                    r[0],
+                    r[1],
+                    r[2],
+                    r[3],
+                    tuple((int(e["attempt"]), str(e["error"])) for e in r[4]),
+                    r[5],
+                    r[6],
                 )
                 for r in conn.execute(
-                    "select id, idempotency_key, status, attempts, errors, result from openqueue.jobs"
+                    "select id, idempotency_key, status, attempts, errors, result, queue_name"
+                    " from openqueue.jobs"
                 ).fetchall()
             )
+        with psycopg.connect(self.ledger_dsn, autocommit=True) as conn:
             executions = tuple(
                 Execution(*r)
                 for r in conn.execute(
@@ -428,19 +475,27 @@ class ChaosRun:
                 process.send_signal(signal.SIGCONT)
                 process.kill()
                 process.wait(30)
+        self.stop_servers()
+
+    def stop_servers(self) -> None:
         self.pg.stop()
 
 
 def run_chaos(config: ChaosConfig, work_dir: Path, log: Callable[[str], None] = print) -> Report:
     """One bounded chaos run; the report's text is the summary to print."""
-    run = ChaosRun(config, work_dir, log)
+    if config.citus:
+        from .citus import CitusChaosRun
+
+        run: ChaosRun = CitusChaosRun(config, work_dir, log)
+    else:
+        run = ChaosRun(config, work_dir, log)
     started = time.monotonic()
     try:
         run.start_server()
-        note = " (OPENQUEUE_TEST_DSN is not used: chaos crash-restarts its server)"
+        note = " (OPENQUEUE_TEST_DSN is not used: chaos crash-restarts its servers)"
         log(
-            f"chaos: {config.seconds:.0f} s, seed {config.seed}, private embedded PostgreSQL "
-            f"{run.server_version}{note if os.environ.get('OPENQUEUE_TEST_DSN') else ''}; logs in {work_dir}"
+            f"chaos: {config.seconds:.0f} s, seed {config.seed}, {run.describe().split(', not ')[0]}"
+            f"{note if os.environ.get('OPENQUEUE_TEST_DSN') else ''}; logs in {work_dir}"
         )
         run.start_producers()
         for _ in range(config.workers):
@@ -448,14 +503,12 @@ def run_chaos(config: ChaosConfig, work_dir: Path, log: Callable[[str], None] = 
         run.chaos()
         run.drain()
         evidence = run.collect()
+        run.check_after()
     finally:
         run.cleanup()
     verdict = verify(evidence, config.recovery_bound)
     violations = tuple(run.tally.problems + verdict.violations)
-    server = f"private embedded PostgreSQL {run.server_version}"
-    if os.environ.get("OPENQUEUE_TEST_DSN"):
-        server += ", not OPENQUEUE_TEST_DSN's server"
-    text = summary(config, run.tally, server, verdict, violations, time.monotonic() - started)
+    text = summary(config, run.tally, run.describe(), verdict, violations, time.monotonic() - started)
     return Report(text, violations)
 
 
@@ -464,10 +517,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument(
+        "--citus", action="store_true", help="on a Citus cluster (coordinator + 2 worker nodes)"
+    )
+    parser.add_argument(
         "--work-dir", type=Path, default=None, help="logs and producer files (default: a temp dir)"
     )
     args = parser.parse_args(argv)
-    config = ChaosConfig.from_env(args.seconds)
+    config = ChaosConfig.from_env(args.seconds, citus=args.citus)
     config = replace(config, seconds=args.seconds, seed=args.seed if args.seed is not None else config.seed)
     work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="openqueue-chaos-"))
     work_dir.mkdir(parents=True, exist_ok=True)

@@ -96,3 +96,43 @@ def test_the_plan_has_the_faults_the_issue_asks_for() -> None:
             assert kinds.count("kill") >= 3 and kinds.count("freeze") >= 1 and kinds.count("terminate") >= 10
             freezes = [a.at for a in plan_faults(config, random.Random(seed)) if a.kind == "freeze"]
             assert all(at > 0 and at + config.freeze_seconds < seconds for at in freezes)
+
+
+def on_nodes() -> Evidence:
+    """Citus mode: job 2 (queue a, node worker1) lost attempt 2 to worker1's restart; job 1 is in queue b."""
+    evidence = clean()
+    jobs = (replace(evidence.jobs[0], queue="b"), replace(evidence.jobs[1], queue="a"))
+    restart = Fault("node restart", 0, "worker1", 101.5, 101.9, queues=frozenset({"a"}))
+    return replace(evidence, jobs=jobs, faults=(restart,))
+
+
+def test_a_worker_node_fault_explains_the_extra_executions_of_its_own_queues_first() -> None:
+    verdict = verify(on_nodes(), 34)
+    assert verdict.violations == []
+    assert verdict.counts["extra: worker node restart"] == 1
+    assert verdict.node_recovery == [105.0 - 101.9]  # job 2's third execution: the next one of queue a
+    elsewhere = replace(on_nodes(), jobs=tuple(replace(job, queue="b") for job in on_nodes().jobs))
+    restart = replace(on_nodes().faults[0], queues=frozenset({"a"}))
+    verdict = verify(replace(elsewhere, faults=(restart,)), 34)
+    assert verdict.counts["extra: other worker node restart"] == 1
+
+
+def test_a_worker_node_whose_queues_stay_idle_after_its_return_is_a_violation() -> None:
+    idle = replace(on_nodes().faults[0], at=110.0, end=111.0)
+    verdict = verify(replace(on_nodes(), faults=(idle,)), 34)
+    assert any("no job of its queues ran after it" in v for v in verdict.violations)
+    slow = replace(on_nodes().faults[0], at=60.0, end=61.0)
+    verdict = verify(replace(on_nodes(), faults=(slow,)), 34)
+    assert any("idle for 39.0 s" in v for v in verdict.violations)
+
+
+def test_the_citus_plan_restarts_and_stops_both_worker_nodes() -> None:
+    for seconds in (20, 25, 60, 150):
+        config = ChaosConfig(seconds=seconds, citus=True)
+        for seed in range(20):
+            plan = plan_faults(config, random.Random(seed))
+            kinds = [a.kind for a in plan]
+            assert kinds.count("node restart") >= 2 and kinds.count("node outage") >= 1
+            assert "restart" not in kinds and "outage" not in kinds
+            nodes = {a.pid for a in plan if a.kind.startswith("node ")}
+            assert nodes == {0, 1}

@@ -29,6 +29,7 @@ class JobRow:
     attempts: int
     errors: tuple[tuple[int, str], ...]  # (attempt, error) per entry of ``errors``
     result: Any
+    queue: str | None = None
 
 
 @dataclass(frozen=True)
@@ -44,14 +45,17 @@ class Execution:
 
 @dataclass(frozen=True)
 class Fault:
-    """A worker SIGKILLed (``end`` None), one frozen by SIGSTOP or the server down (``at`` to ``end``)."""
+    """A worker SIGKILLed (``end`` None), one frozen by SIGSTOP or a server down (``at`` to ``end``)."""
 
-    kind: str  # "kill", "freeze", or "restart" / "outage" of the server (pid 0)
+    # "kill", "freeze", "restart" / "outage" of the server (pid 0), or, in Citus
+    # mode, "node restart" / "node outage" of the worker node named ``worker_id``
+    kind: str
     pid: int
     worker_id: str
     at: float
     end: float | None = None
     in_flight: tuple[tuple[int, int], ...] = ()  # (job id, attempt) processing for it at ``at``
+    queues: frozenset[str] = frozenset()  # a worker node's fault: the queues that node holds
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,7 @@ class Verdict:
     counts: Counter[str] = field(default_factory=Counter)
     kill_recovery: list[float] = field(default_factory=list)
     freeze_recovery: list[float] = field(default_factory=list)
+    node_recovery: list[float] = field(default_factory=list)
 
     def violate(self, what: str, items: Iterable[Any], limit: int = 10) -> None:
         items = list(items)
@@ -94,6 +99,7 @@ def verify(evidence: Evidence, recovery_bound_s: float) -> Verdict:
     _check_states(evidence, verdict)
     _check_executions(evidence, verdict)
     _check_recovery(evidence, verdict, recovery_bound_s)
+    _check_node_recovery(evidence, verdict, recovery_bound_s)
     return verdict
 
 
@@ -145,11 +151,15 @@ def _check_states(evidence: Evidence, verdict: Verdict) -> None:
     )
 
 
-def _cause(execution: Execution, next_start: float, faults: Sequence[Fault]) -> str:
-    """Why an execution's lease expired: its worker killed or frozen, the server down, or other.
+def _cause(execution: Execution, next_start: float, faults: Sequence[Fault], queue: str | None = None) -> str:
+    """Why an execution's lease expired: its worker killed or frozen, a server down, or other.
 
     A fault explains it when the execution began before the fault ended (1 s
-    of slack for clocks) and the job's next attempt began after it began.
+    of slack for clocks) and the job's next attempt began after it began. A
+    worker node's fault explains the executions of the jobs of its queues
+    ("worker node restart", "worker node outage") before those of the other
+    node's ("other worker node restart"...: an ack that waited on the node
+    that was down, or a slot held by a retried call).
     """
     for fault in faults:
         if fault.pid != execution.pid or next_start < fault.at:
@@ -158,10 +168,19 @@ def _cause(execution: Execution, next_start: float, faults: Sequence[Fault]) -> 
             return "killed"
         if fault.kind == "freeze" and fault.end is not None and execution.started_at <= fault.end + 1.0:
             return "frozen"
+
+    def overlaps(fault: Fault) -> bool:
+        return fault.end is not None and execution.started_at <= fault.end + 1.0 and next_start >= fault.at
+
     for fault in faults:
-        down = fault.kind in ("outage", "restart") and fault.end is not None
-        if down and execution.started_at <= (fault.end or 0) + 1.0 and next_start >= fault.at:
+        if fault.kind.startswith("node ") and queue in fault.queues and overlaps(fault):
+            return f"worker {fault.kind}"
+    for fault in faults:
+        if fault.kind in ("outage", "restart") and overlaps(fault):
             return f"server {fault.kind}"
+    for fault in faults:
+        if fault.kind.startswith("node ") and overlaps(fault):
+            return f"other worker {fault.kind}"
     return "other"
 
 
@@ -213,7 +232,8 @@ def _check_executions(evidence: Evidence, verdict: Verdict) -> None:
             for execution in executions:
                 if error == LEASE_EXPIRED:
                     verdict.counts["extra"] += 1
-                    verdict.counts[f"extra: {_cause(execution, next_start, evidence.faults)}"] += 1
+                    cause = _cause(execution, next_start, evidence.faults, job.queue)
+                    verdict.counts[f"extra: {cause}"] += 1
                     if (job.id, attempt) in evidence.rejected_logs:
                         verdict.counts["rejected after expiry"] += 1
                 elif execution.outcome == "fail" and FAILURE_MARK in error:
@@ -264,3 +284,28 @@ def _check_recovery(evidence: Evidence, verdict: Verdict, bound_s: float) -> Non
                 too_slow.append(f"job {job_id}: {delay:.1f} s after the kill of pid {fault.pid}")
     verdict.violate(f"killed worker's jobs not run again within {bound_s:.0f} s", too_slow)
     verdict.violate("jobs taken by a fault and completed without running again", never)
+
+
+def _check_node_recovery(evidence: Evidence, verdict: Verdict, bound_s: float) -> None:
+    """After a worker node came back, the jobs of its queues ran again, within ``bound_s``.
+
+    Measured from the node's return (the end of the fault) to the first
+    execution of a job of one of its queues that began after it. The
+    producers enqueue into every queue all along, so a node whose queues
+    stay idle after its return means the workers stalled on it.
+    """
+    queue_of = {job.id: job.queue for job in evidence.jobs}
+    starts = sorted((e.started_at, queue_of.get(e.job_id)) for e in evidence.executions)
+    stalled: list[str] = []
+    for fault in evidence.faults:
+        if not fault.kind.startswith("node ") or fault.end is None:
+            continue
+        after = [t for t, queue in starts if t > fault.end and queue in fault.queues]
+        if not after:
+            stalled.append(f"{fault.kind} of {fault.worker_id}: no job of its queues ran after it")
+            continue
+        delay = after[0] - fault.end
+        verdict.node_recovery.append(delay)
+        if delay > bound_s:
+            stalled.append(f"{fault.kind} of {fault.worker_id}: its queues idle for {delay:.1f} s after it")
+    verdict.violate(f"worker node's queues not run again within {bound_s:.0f} s of its return", stalled)

@@ -162,6 +162,9 @@ class Cluster:
     root: Path
     workers: int = 2
     nodes: list[Node] = field(default_factory=list)
+    # Written after SETTINGS (later lines win): the chaos run wants
+    # ``synchronous_commit = on``, so that a commit survives an immediate restart.
+    settings: dict[str, str] = field(default_factory=dict)
 
     @property
     def coordinator(self) -> Node:
@@ -210,7 +213,7 @@ class Cluster:
             with (node.data_dir / "postgresql.conf").open("a") as conf:
                 conf.write(f"\nport = {node.port}\nlisten_addresses = '127.0.0.1'\n")
                 conf.write(f"unix_socket_directories = '{node.data_dir}'\n")
-                for key, value in SETTINGS.items():
+                for key, value in {**SETTINGS, **self.settings}.items():
                     conf.write(f"{key} = '{value}'\n")
             self.start_node(node)
         self.setup_database("postgres")
@@ -279,10 +282,12 @@ class Cluster:
                     time.sleep(0.2)
 
 
-def start_cluster(root: Path | None = None, workers: int = 2) -> Cluster:
+def start_cluster(
+    root: Path | None = None, workers: int = 2, settings: dict[str, str] | None = None
+) -> Cluster:
     if root is None:
         root = Path(tempfile.mkdtemp(prefix="openqueue-citus-"))
-    return Cluster(root, workers).start()
+    return Cluster(root, workers, settings=dict(settings or {})).start()
 
 
 def main(argv: list[str] | None = None) -> int:
