@@ -32,6 +32,7 @@ _LOG_FIELDS = (
     "count",
     "queues",
     "concurrency",
+    "port",
     "lease_expires_at",
     "reason",
     "error",
