@@ -112,10 +112,22 @@ CITUS_TABLES = (
 )
 
 
-def _citus_fingerprint(dsn: str) -> tuple[Any, ...]:
-    """What a test could change beyond the tables' rows; equal fingerprints: the database is reusable."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        return conn.execute(
+def _citus_fingerprint(dsn: str) -> tuple[Any, ...] | None:
+    """What a test could change beyond the tables' rows; equal fingerprints: the database is reusable.
+
+    None when the database cannot even be read that far (a test dropped the schema or the database).
+    """
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            return _fingerprint_query(conn)
+    except psycopg.Error:
+        return None
+
+
+def _fingerprint_query(conn: psycopg.Connection) -> tuple[Any, ...]:
+    if conn.execute("select to_regnamespace('openqueue') is null").fetchone()[0]:
+        return ("no openqueue schema",)
+    return conn.execute(
             "select"
             " (select count(*) from pg_class where relnamespace = 'public'::regnamespace),"
             " (select count(*) from pg_proc where pronamespace = 'public'::regnamespace),"
@@ -134,6 +146,21 @@ def _citus_fingerprint(dsn: str) -> tuple[Any, ...]:
         ).fetchone()
 
 
+def citus_installed_database(server: Server, name: str) -> str:
+    """(Re)create database ``name`` on every node of the cluster, install OpenQueue and distribute it.
+
+    A Citus database cannot be cloned with ``create database ... template`` (its shards live in the
+    worker nodes' databases of the same name): a test that needs a database of its own builds one.
+    """
+    cluster = server.cluster
+    cluster.drop_database(name)
+    cluster.setup_database(name)
+    openqueue_py.install(server.dsn(name))
+    with psycopg.connect(server.dsn(name), autocommit=True) as conn:
+        conn.execute("select openqueue.oq_distribute()")
+    return server.dsn(name)
+
+
 class _CitusDatabase:
     """The session's one installed and distributed database on the cluster (see the module docstring)."""
 
@@ -143,12 +170,7 @@ class _CitusDatabase:
         self.fingerprint: tuple[Any, ...] | None = None
 
     def build(self) -> None:
-        cluster = self.server.cluster
-        cluster.drop_database(self.name)
-        cluster.setup_database(self.name)
-        openqueue_py.install(self.dsn)
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            conn.execute("select openqueue.oq_distribute()")
+        citus_installed_database(self.server, self.name)
         self.fingerprint = _citus_fingerprint(self.dsn)
 
     @property
@@ -159,19 +181,26 @@ class _CitusDatabase:
         """The database, emptied; built again first when the last test changed more than rows."""
         if self.fingerprint is None or _citus_fingerprint(self.dsn) != self.fingerprint:
             self.build()
-        else:
-            with psycopg.connect(self.dsn, autocommit=True) as conn:
-                # finished_jobs by DELETE: its TRUNCATE trigger, firing on the
-                # shards, would run a distributed query there (refused).
-                conn.execute("delete from openqueue.finished_jobs")
-                conn.execute(f"truncate {CITUS_TABLES.replace('openqueue.finished_jobs, ', '')}")
-                # Sessions a test left open (a worker thread, a pool) would see the next test's rows.
-                conn.execute(
-                    "select pg_terminate_backend(pid) from pg_stat_activity"
-                    " where datname = current_database() and pid <> pg_backend_pid()"
-                    " and backend_type = 'client backend' and application_name not like 'citus%'"
-                )
+            return self.dsn
+        try:
+            self._empty()
+        except psycopg.Error:  # a test left it in a state the TRUNCATE refuses: build it again
+            self.build()
         return self.dsn
+
+    def _empty(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            # Sessions a test left open (a worker thread, a pool) would see the next test's
+            # rows, or hold locks the TRUNCATE waits for: ended first.
+            conn.execute(
+                "select pg_terminate_backend(pid) from pg_stat_activity"
+                " where datname = current_database() and pid <> pg_backend_pid()"
+                " and backend_type = 'client backend' and application_name not like 'citus%'"
+            )
+            # finished_jobs by DELETE: its TRUNCATE trigger, firing on the
+            # shards, would run a distributed query there (refused).
+            conn.execute("delete from openqueue.finished_jobs")
+            conn.execute(f"truncate {CITUS_TABLES.replace('openqueue.finished_jobs, ', '')}")
 
 
 @pytest.fixture(scope="session")
@@ -297,6 +326,14 @@ NOTIFY_ON_NODE = (
     "section 10: on Citus a routed call raises NOTIFY on the worker node that ran it; this test "
     "listens on the coordinator only"
 )
+# Not a section 10 difference but a limit of this version on Citus (docs/scaling.md, "Limits found"):
+# the test stays, skipped on Citus only, its reason naming the clause it cannot check there.
+WHEN_WAITING_LOCK = (
+    "NOT a section 10 difference, a known limit on Citus: the when_waiting notify mode's no-lost-wakeup "
+    "handshake (oq_wait against oq_enqueue, issue 6) serialises on an advisory lock of the node running "
+    "the call; a routed enqueue takes it on the worker node, a registration in a transaction block on "
+    "the coordinator, so the producer does not wait for the waiter there (docs/scaling.md)"
+)
 _CHURN = "tests/sql/test_churn.py::"
 _AUDIT = "tests/sql/test_contract_audit.py::"
 CITUS_SECTION_10 = {
@@ -308,7 +345,7 @@ CITUS_SECTION_10 = {
     _CHURN + "test_purge_batch_limits_are_inclusive": IDS_NOT_ORDERED,
     # the next id drawn is compared with the last one
     _AUDIT + "test_enqueue_batch_with_an_empty_array_writes_nothing_and_draws_no_id": IDS_NOT_ORDERED,
-    _AUDIT + "test_one_notification_per_enqueue_batch_call": NOTIFY_ON_NODE,
+    "tests/sql/test_notify_economy.py::test_no_lost_wakeup_when_the_waiter_is_first": WHEN_WAITING_LOCK,
 }
 
 

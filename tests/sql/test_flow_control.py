@@ -11,6 +11,7 @@ import pytest
 
 from openqueue_py.migrate import load_migrations
 
+from . import helpers
 from .helpers import (
     Background,
     ack,
@@ -27,9 +28,6 @@ from .helpers import (
     wait_until_blocked,
 )
 
-SENTINEL_NOTE = "--sentinel--"  # not a valid queue name, so never sent by OpenQueue
-
-
 def pause(conn, queue_name: str) -> bool:
     return conn.execute("select openqueue.oq_pause_queue(queue_name => %s)", [queue_name]).fetchone()[0]
 
@@ -45,21 +43,18 @@ def set_limits(conn, queue_name: str, **kw) -> None:
 
 
 def received(listener, conn) -> list[str]:
-    """Payloads on channel openqueue so far, up to a fresh sentinel (commit order)."""
-    conn.execute("select pg_notify('openqueue', %s)", [SENTINEL_NOTE])
-    got = []
-    for n in listener.notifies(timeout=10):
-        if n.payload == SENTINEL_NOTE:
-            return got
-        got.append(n.payload)
-    raise AssertionError(f"sentinel never arrived; got {got}")
+    """Payloads on channel openqueue so far, up to a fresh sentinel on each node (commit order)."""
+    return [payload for _, payload in listener.received()]
 
 
 @pytest.fixture
 def listener(dsn):
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("listen openqueue")
-        yield conn
+    """LISTEN openqueue on the server, and on Citus on every node (contract section 10)."""
+    node_listener = helpers.NodeListener(dsn, "openqueue")
+    try:
+        yield node_listener
+    finally:
+        node_listener.close()
 
 
 # --- pause and resume ----------------------------------------------------------------------
