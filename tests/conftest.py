@@ -311,6 +311,21 @@ def psql(pg_server: Server, dsn: str) -> Callable[..., subprocess.CompletedProce
     return run
 
 
+def on_citus() -> bool:
+    """The session runs on the Citus backend (contract section 10's differences apply)."""
+    return os.environ.get("OPENQUEUE_TEST_BACKEND") == "citus"
+
+
+def newest_first(*ids: int) -> list[int]:
+    """ids given oldest first, in the order a listing "by id, newest first" shows them.
+
+    On one PostgreSQL ids grow with time, so that is the reverse of the order given; on Citus
+    ids are unique but not ordered across queues (contract section 10): the listing is still
+    by id descending, which is then not the order of creation.
+    """
+    return sorted(ids, reverse=True) if on_citus() else list(reversed(ids))
+
+
 def dbname(dsn: str) -> str:
     return conninfo_to_dict(dsn)["dbname"]
 

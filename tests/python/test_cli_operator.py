@@ -8,6 +8,7 @@ from datetime import timedelta
 import psycopg
 import pytest
 from click.testing import CliRunner
+from conftest import newest_first
 from psycopg.conninfo import make_conninfo
 
 from openqueue_py import Client, JobState
@@ -353,7 +354,7 @@ def test_dead_list(runner, dsn, client):
     assert "2 of 2 jobs shown" in result.stdout
 
     rows = json.loads(runner.invoke(main, ["dead", "list", "--dsn", dsn, "--json"]).stdout)
-    assert [row["id"] for row in rows] == [other, dead]
+    assert [row["id"] for row in rows] == newest_first(dead, other)
     assert {row["status"] for row in rows} == {"dead"}
     only_mail = json.loads(
         runner.invoke(main, ["dead", "list", "--dsn", dsn, "--json", "--queue", "mail"]).stdout
