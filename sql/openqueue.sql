@@ -7309,6 +7309,19 @@ $oq_0005$;
 --   shard"): the function, and `openqueue limits`/`openqueue stats` that use
 --   it, failed on every cluster. It now reads the same tables with joins and
 --   fills in the same built-in defaults; the result is unchanged.
+--
+-- * Security: oq_distribute() made the views openqueue.jobs and
+--   openqueue.schedules read the SECURITY DEFINER functions
+--   openqueue._jobs_rows() and openqueue._schedules_rows(), granted to
+--   openqueue_admin, but left them executable by PUBLIC (a new function's
+--   default): on a cluster openqueue_producer and openqueue_worker could read
+--   every job through them. Revoked from PUBLIC, here for databases already
+--   distributed and in _distribute_view for later oq_distribute() calls.
+-- * oq_reap() on Citus dropped expired oq_wait registrations with one
+--   DELETE over every shard of queue_waiters, which Citus makes wait for any
+--   open transaction holding a multi-shard modification of that table (two
+--   reaps, one in an open transaction, waited for each other). It now
+--   deletes them queue by queue, each on its one shard.
 
 create or replace function openqueue.oq_queue_settings()
 returns table (
@@ -7389,6 +7402,214 @@ $$;
 comment on function openqueue._finished_counts_truncated() is
 'Internal: AFTER TRUNCATE on finished_jobs: no finished jobs, no counts '
 '(on Citus: for the distributed table, not for each of its shards).';
+
+-- ---------------------------------------------------------------------------
+-- The SECURITY DEFINER functions behind the views on Citus: not PUBLIC's.
+-- ---------------------------------------------------------------------------
+
+create or replace function openqueue._distribute_view(view_name text)
+returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_view regclass := format('openqueue.%I', _distribute_view.view_name)::regclass;
+    v_all text := format('openqueue.%I', '_' || _distribute_view.view_name || '_all');
+    v_rows text := format('openqueue.%I', '_' || _distribute_view.view_name || '_rows');
+    v_columns text;
+    v_propagate text;
+begin
+    if pg_catalog.to_regclass(v_all) is not null then
+        return;  -- done before
+    end if;
+    -- Objects of the coordinator only: the views are read there.
+    v_propagate := current_setting('citus.enable_ddl_propagation');
+    perform set_config('citus.enable_ddl_propagation', 'off', true);
+    execute format('create view %s as %s', v_all, pg_catalog.pg_get_viewdef(v_view));
+    select string_agg(
+        case
+            when a.attname = 'lease_token' then format('case when v_owner then v.%I end', a.attname)
+            else format('v.%I', a.attname)
+        end,
+        ', ' order by a.attnum
+    )
+    into v_columns
+    from pg_catalog.pg_attribute as a
+    where a.attrelid = v_view and a.attnum > 0 and not a.attisdropped;
+    execute format(
+        $ddl$
+        create function %1$s()
+        returns setof %2$s
+        language plpgsql
+        stable
+        security definer
+        set search_path = pg_catalog, pg_temp
+        as $body$
+        declare
+            v_owner boolean := pg_catalog.pg_has_role(
+                session_user,
+                (select n.nspowner from pg_catalog.pg_namespace as n where n.nspname = 'openqueue'),
+                'MEMBER'
+            );
+        begin
+            return query select %3$s from %2$s as v;
+        end;
+        $body$
+        $ddl$,
+        v_rows, v_all, v_columns
+    );
+    execute format('comment on function %s() is %L', v_rows,
+        format('Internal (Citus): the rows of the view %s, read as the schema owner.', v_view));
+    execute format('create or replace view %s as select * from %s()', v_view, v_rows);
+    -- A new function is executable by PUBLIC: this one reads every row as
+    -- the owner, so only openqueue_admin (below) may call it.
+    execute format('revoke all on function %s() from public', v_rows);
+    if exists (select from pg_catalog.pg_roles as r where r.rolname = 'openqueue_admin') then
+        execute format('grant execute on function %s() to openqueue_admin', v_rows);
+    end if;
+    perform set_config('citus.enable_ddl_propagation', v_propagate, true);
+end;
+$$;
+
+comment on function openqueue._distribute_view(text) is
+'Internal (oq_distribute): make the view openqueue.<view_name> read its rows '
+'through the SECURITY DEFINER function openqueue._<view_name>_rows(), so '
+'that it can be read by openqueue_admin and updated through its INSTEAD OF '
+'triggers on Citus.';
+
+do $$
+begin
+    if pg_catalog.to_regprocedure('openqueue._jobs_rows()') is not null then
+        revoke all on function openqueue._jobs_rows() from public;
+    end if;
+    if pg_catalog.to_regprocedure('openqueue._schedules_rows()') is not null then
+        revoke all on function openqueue._schedules_rows() from public;
+    end if;
+end;
+$$;
+
+-- ---------------------------------------------------------------------------
+-- oq_reap: on Citus, expired waiter registrations dropped queue by queue.
+-- Otherwise version 5's body, unchanged.
+-- ---------------------------------------------------------------------------
+
+create or replace function openqueue.oq_reap()
+returns integer
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_dead integer;
+    v_queues text[];
+    v_queue text;
+    v_count integer := 0;
+begin
+    if openqueue._route() then
+        -- Citus: the queues with expired leases or counters to fold, read
+        -- across the shards without locks, then each reaped by statements
+        -- on its one shard.
+        for v_queue in
+            select lj.queue_name
+            from openqueue.live_jobs as lj
+            where lj.status = 'processing'
+              and lj.lease_expires_at < now()
+            union
+            select fc.queue_name
+            from openqueue.finished_counts as fc
+            where fc.shard <> 0
+        loop
+            v_count := v_count + openqueue._routed_reap(v_queue);
+        end loop;
+        -- Registrations of workers that stopped waiting, queue by queue:
+        -- one multi-shard DELETE would wait for any open transaction that
+        -- modified queue_waiters on several shards (Citus serialises
+        -- multi-shard modifications of a table), where one PostgreSQL waits
+        -- only for the rows.
+        for v_queue in
+            select distinct w.queue_name
+            from openqueue.queue_waiters as w
+            where w.wait_until <= now()
+        loop
+            delete from openqueue.queue_waiters as w
+            where w.queue_name = v_queue and w.wait_until <= now();
+        end loop;
+        return v_count;
+    end if;
+
+    -- SKIP LOCKED everywhere: a job being acked or heartbeated right now is
+    -- skipped rather than waited for; a later reap sees it if still expired.
+    -- Both claims read the in-flight rows through live_jobs_in_flight and
+    -- check their expiry row by row (lease_expires_at is not indexed, so
+    -- that heartbeats are HOT).
+
+    -- Attempts used up: straight on to dead, with the error recorded.
+    with dead as (
+        delete from openqueue.live_jobs as lj
+        where lj.id = any(array(
+            select e.id
+            from openqueue.live_jobs as e
+            where e.status = 'processing'
+              and e.lease_expires_at < now()
+              and e.attempts >= e.max_attempts
+            for update skip locked
+        ))
+        returning lj.*
+    )
+
+    insert into openqueue.finished_jobs (
+        id, queue_name, status, priority, run_at, attempts, max_attempts,
+        leased_by, payload, errors, idempotency_key, created_at, finished_at
+    )
+    select
+        d.id, d.queue_name, 'dead', d.priority, d.run_at, d.attempts, d.max_attempts,
+        d.leased_by, d.payload,
+        d.errors || openqueue._error_entry(d.attempts, 'lease expired'),
+        d.idempotency_key, d.created_at, now()
+    from dead as d;
+    get diagnostics v_dead = row_count;
+
+    -- Attempts left: pending again, leasable at once (its run_at has come).
+    with reclaimed as (
+        update openqueue.live_jobs as lj
+        set
+            status = 'pending',
+            due = lj.run_at <= now(),
+            lease_token = null,
+            lease_expires_at = null,
+            errors = lj.errors || openqueue._error_entry(lj.attempts, 'lease expired')
+        where lj.id = any(array(
+            select e.id
+            from openqueue.live_jobs as e
+            where e.status = 'processing'
+              and e.lease_expires_at < now()
+              and e.attempts < e.max_attempts
+            for update skip locked
+        ))
+        returning lj.queue_name
+    )
+
+    select array_agg(r.queue_name) into v_queues from reclaimed as r;
+
+    -- Registrations of workers that stopped waiting (see oq_wait).
+    delete from openqueue.queue_waiters as w where w.wait_until <= now();
+
+    -- Counter rows of exited backends (see openqueue.finished_counts).
+    perform openqueue._fold_finished_counts();
+
+    perform pg_notify('openqueue', q.queue_name)
+    from (select distinct u.queue_name from unnest(v_queues) as u (queue_name)) as q;
+
+    return v_dead + coalesce(cardinality(v_queues), 0);
+end;
+$$;
+
+comment on function openqueue.oq_reap() is
+'Reclaim every processing job whose lease has expired: it becomes pending '
+'again (error ''lease expired'' recorded), or dead if its attempts are used '
+'up. Returns how many jobs were reclaimed; notifies the refilled queues. '
+'Also drops expired oq_wait registrations and folds the finished-job counters '
+'of exited sessions. Safe to run concurrently and often. On Citus each queue '
+'is reaped by statements on its one shard.';
 $oq_0006$;
         insert into openqueue.schema_migrations (version, name)
         values (6, '0006_citus_contract');

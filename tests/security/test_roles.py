@@ -68,9 +68,14 @@ def oq_functions(conn: psycopg.Connection) -> list[tuple[str, str, list[str]]]:
     return [(name, signature, list(types)) for name, signature, types in rows]
 
 
+# On Citus, oq_distribute() makes openqueue.jobs and openqueue.schedules read these SECURITY DEFINER
+# functions, which openqueue_admin (who may read the views) may execute; they exist only there.
+CITUS_VIEW_FUNCTIONS = {"_jobs_rows", "_schedules_rows"}
+
+
 def allowed(member_of: str | None, function: str) -> bool:
     if member_of == "openqueue_admin":
-        return function.startswith("oq_")
+        return function.startswith("oq_") or function in CITUS_VIEW_FUNCTIONS
     if member_of == "openqueue_worker":
         return function in WORKER
     if member_of == "openqueue_producer":

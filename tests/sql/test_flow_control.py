@@ -239,7 +239,7 @@ def test_set_queue_limits_sets_both_exactly(conn):
 
 def test_max_running_limits_one_session(conn):
     set_limits(conn, "q", max_running=3)
-    enqueue_batch(conn, "q", list(range(10)))
+    ids = enqueue_batch(conn, "q", list(range(10)))
     first = lease(conn, "q", batch_size=2)
     assert len(first) == 2
     assert len(lease(conn, "q", batch_size=10)) == 1
@@ -248,8 +248,8 @@ def test_max_running_limits_one_session(conn):
     ack(conn, first[0]["id"], first[0]["lease_token"])
     again = lease(conn, "q", batch_size=10)
     assert len(again) == 1
-    # Lease order is kept under limits.
-    assert again[0]["id"] == 4
+    # Lease order is kept under limits: the fourth job of the batch.
+    assert again[0]["id"] == ids[3]
 
 
 def test_a_lease_of_a_limited_queue_waits_for_the_one_in_progress(dsn, conn):
@@ -265,13 +265,19 @@ def test_a_lease_of_a_limited_queue_waits_for_the_one_in_progress(dsn, conn):
         assert blocked.result() == []  # it counted the first lease's jobs
 
 
-def test_repeatable_read_lease_fails_rather_than_counting_short(dsn, conn):
+def test_repeatable_read_lease_fails_rather_than_counting_short(dsn, conn, pg_server):
     set_limits(conn, "q", max_running=2)
     enqueue_batch(conn, "q", list(range(5)))
     with psycopg.connect(dsn) as late:
         late.execute("set transaction isolation level repeatable read")
         late.execute("select 1")  # its snapshot: before the lease below
         assert len(lease(conn, "q", batch_size=2)) == 2
+        if pg_server.kind == "citus":
+            # Citus has no cluster-wide snapshot: the late transaction's snapshot on the worker
+            # node holding q is taken by its first statement there, after the lease above, so
+            # it counts the 2 running jobs and leases none: it cannot count short either.
+            assert lease(late, "q", batch_size=2) == []
+            return
         with pytest.raises(psycopg.errors.SerializationFailure):
             lease(late, "q", batch_size=2)
 
