@@ -370,7 +370,9 @@ class NodeListener:
     def __init__(self, dsn: str, *channels: str) -> None:
         self.channels = channels or ("openqueue",)
         self.conns: list[psycopg.Connection] = [psycopg.connect(dsn, autocommit=True)]
-        nodes = self.conns[0].execute("select node_name, node_port from openqueue.oq_nodes() where not is_coordinator")
+        nodes = self.conns[0].execute(
+            "select node_name, node_port from openqueue.oq_nodes() where not is_coordinator"
+        )
         for host, port in nodes.fetchall():
             self.conns.append(psycopg.connect(dsn, host=host, port=port, autocommit=True))
         for conn in self.conns:

@@ -593,6 +593,7 @@ def test_backoff_is_never_less_than_the_unjittered_delay_and_at_most_ten_percent
 
 # --- section 3: notifications with the new functions ----------------------------------------------
 
+
 @pytest.fixture
 def listener(dsn):
     """LISTEN openqueue on the server, and on Citus on every node (contract section 10)."""

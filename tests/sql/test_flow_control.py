@@ -28,6 +28,7 @@ from .helpers import (
     wait_until_blocked,
 )
 
+
 def pause(conn, queue_name: str) -> bool:
     return conn.execute("select openqueue.oq_pause_queue(queue_name => %s)", [queue_name]).fetchone()[0]
 

@@ -31,6 +31,7 @@ from .helpers import (
 module_database = helpers.module_database
 dsn = helpers.fresh_dsn
 
+
 @pytest.fixture
 def listener(dsn):
     """LISTEN openqueue on the server, and on Citus on every node (contract section 10)."""

@@ -112,7 +112,9 @@ def conn_without_citus(pg_server, conn) -> Iterator[psycopg.Connection]:
     try:
         openqueue_py.install(pg_server.dsn(name))
         with psycopg.connect(pg_server.dsn(name), autocommit=True) as plain:
-            assert plain.execute("select count(*) from pg_extension where extname = 'citus'").fetchone() == (0,)
+            assert plain.execute("select count(*) from pg_extension where extname = 'citus'").fetchone() == (
+                0,
+            )
             yield plain
     finally:
         with psycopg.connect(pg_server.admin_dsn, autocommit=True) as admin:
