@@ -16,6 +16,15 @@
 --   default): on a cluster openqueue_producer and openqueue_worker could read
 --   every job through them. Revoked from PUBLIC, here for databases already
 --   distributed and in _distribute_view for later oq_distribute() calls.
+-- * On Citus a hot-path call inside a transaction block runs its
+--   _routed_* function on the coordinator, which turned the setting
+--   openqueue.route off with set_config(..., true): for the rest of the
+--   transaction. Every later call in it then took the single-PostgreSQL
+--   bodies, which Citus refuses where they lock rows across shards
+--   (oq_reap: "could not run distributed query with FOR UPDATE/SHARE
+--   commands"; likewise oq_purge_batch, oq_next_run_at, the counter fold).
+--   Each _routed_* function now carries SET openqueue.route = off, so the
+--   setting is off during the call and restored when it returns.
 -- * oq_reap() on Citus dropped expired oq_wait registrations with one
 --   DELETE over every shard of queue_waiters, which Citus makes wait for any
 --   open transaction holding a multi-shard modification of that table (two
@@ -309,3 +318,26 @@ comment on function openqueue.oq_reap() is
 'Also drops expired oq_wait registrations and folds the finished-job counters '
 'of exited sessions. Safe to run concurrently and often. On Citus each queue '
 'is reaped by statements on its one shard.';
+
+-- ---------------------------------------------------------------------------
+-- openqueue.route off during a _routed_* call only (restored on return).
+-- ---------------------------------------------------------------------------
+
+do $$
+declare
+    v_function regprocedure;
+begin
+    foreach v_function in array array[
+        'openqueue._routed_enqueue(text, jsonb, integer, timestamptz, integer, text)',
+        'openqueue._routed_enqueue_batch(text, jsonb, integer, timestamptz, integer)',
+        'openqueue._routed_lease(text, text, integer, integer)',
+        'openqueue._routed_heartbeat(text, bigint, uuid, integer)',
+        'openqueue._routed_ack(text, bigint, uuid, jsonb)',
+        'openqueue._routed_nack(text, bigint, uuid, text, interval, boolean)',
+        'openqueue._routed_ack_many(text, bigint[], uuid[], jsonb[])',
+        'openqueue._routed_reap(text)'
+    ]::regprocedure[] loop
+        execute format('alter function %s set openqueue.route = %L', v_function, 'off');
+    end loop;
+end;
+$$;

@@ -214,12 +214,12 @@ def test_jobs_list_json_and_filters(runner, dsn, client, conn):
         assert result.exit_code == 0, result.output
         return [row["id"] for row in json.loads(result.stdout)]
 
-    assert ids() == [b1, a2, a1]  # newest first
+    assert ids() == newest_first(a1, a2, b1)
     assert ids("--queue", "alpha") == [a2, a1]
     assert ids("--state", "cancelled") == [a2]
     assert ids("--state", "pending", "--queue", "alpha") == [a1]
     assert ids("--older-than", "30m") == [a1]
-    assert ids("--newer-than", "30m") == [b1, a2]
+    assert ids("--newer-than", "30m") == newest_first(a2, b1)
     assert ids("--queue", "nobody") == []
 
     rows = json.loads(runner.invoke(main, ["jobs", "list", "--dsn", dsn, "--json", "--queue", "beta"]).stdout)

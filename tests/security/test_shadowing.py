@@ -165,8 +165,11 @@ SCENARIO: list[tuple[str, str]] = [
     ),
     (
         "queues",
-        "select queue_name, max_attempts, lease_seconds, backoff_base, backoff_max, max_payload_bytes "
-        "from openqueue.queues left join openqueue.queue_limits using (queue_name) order by 1",
+        # the join's = spelled out, as a careful caller would: on Citus a planted = in the join
+        # would make it a join not on the distribution column, which Citus refuses
+        "select q.queue_name, q.max_attempts, q.lease_seconds, q.backoff_base, q.backoff_max, "
+        "ql.max_payload_bytes from openqueue.queues as q left join openqueue.queue_limits as ql "
+        "on q.queue_name operator(pg_catalog.=) ql.queue_name order by 1",
     ),
     ("keys", "select queue_name, idempotency_key, job_id from openqueue.idempotency_keys order by 1, 2"),
     # Contract section 7, after the listings above: slots are absolute times
