@@ -7324,8 +7324,7 @@ $oq_0005$;
 --   bodies, which Citus refuses where they lock rows across shards
 --   (oq_reap: "could not run distributed query with FOR UPDATE/SHARE
 --   commands"; likewise oq_purge_batch, oq_next_run_at, the counter fold).
---   Each _routed_* function now carries SET openqueue.route = off, so the
---   setting is off during the call and restored when it returns.
+--   Each _routed_* function now restores the setting when it returns.
 -- * oq_reap() on Citus dropped expired oq_wait registrations with one
 --   DELETE over every shard of queue_waiters, which Citus makes wait for any
 --   open transaction holding a multi-shard modification of that table (two
@@ -7622,26 +7621,261 @@ comment on function openqueue.oq_reap() is
 
 -- ---------------------------------------------------------------------------
 -- openqueue.route off during a _routed_* call only (restored on return).
+-- Otherwise version 5's bodies, unchanged.
 -- ---------------------------------------------------------------------------
 
-do $$
+create or replace function openqueue._routed_enqueue(
+    queue_name text,
+    payload jsonb,
+    priority integer,
+    run_at timestamptz,
+    max_attempts integer,
+    idempotency_key text
+)
+returns bigint
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
 declare
-    v_function regprocedure;
+    v_route text := pg_catalog.current_setting('openqueue.route', true);
+    v_result bigint;
 begin
-    foreach v_function in array array[
-        'openqueue._routed_enqueue(text, jsonb, integer, timestamptz, integer, text)',
-        'openqueue._routed_enqueue_batch(text, jsonb, integer, timestamptz, integer)',
-        'openqueue._routed_lease(text, text, integer, integer)',
-        'openqueue._routed_heartbeat(text, bigint, uuid, integer)',
-        'openqueue._routed_ack(text, bigint, uuid, jsonb)',
-        'openqueue._routed_nack(text, bigint, uuid, text, interval, boolean)',
-        'openqueue._routed_ack_many(text, bigint[], uuid[], jsonb[])',
-        'openqueue._routed_reap(text)'
-    ]::regprocedure[] loop
-        execute format('alter function %s set openqueue.route = %L', v_function, 'off');
-    end loop;
+    -- Routing off: the public function below runs its body here. Restored
+    -- when this returns: on the coordinator, inside a transaction block (not
+    -- delegated), the rest of the transaction keeps routing.
+    perform set_config('openqueue.route', 'off', true);
+    v_result := openqueue.oq_enqueue(
+        _routed_enqueue.queue_name, _routed_enqueue.payload, _routed_enqueue.priority,
+        _routed_enqueue.run_at, _routed_enqueue.max_attempts, _routed_enqueue.idempotency_key
+    );
+    perform set_config('openqueue.route', coalesce(v_route, 'off'), true);
+    return v_result;
 end;
 $$;
+
+comment on function openqueue._routed_enqueue(text, jsonb, integer, timestamptz, integer, text) is
+'Internal: oq_enqueue on the node holding queue_name (Citus delegates it by queue_name).';
+
+create or replace function openqueue._routed_enqueue_batch(
+    queue_name text,
+    payloads jsonb,
+    priority integer,
+    run_at timestamptz,
+    max_attempts integer
+)
+returns setof bigint
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_route text := pg_catalog.current_setting('openqueue.route', true);
+begin
+    -- Routing off: the public function below runs its body here. Restored
+    -- when this returns: on the coordinator, inside a transaction block (not
+    -- delegated), the rest of the transaction keeps routing.
+    perform set_config('openqueue.route', 'off', true);
+    return query
+    select r.id
+    from openqueue.oq_enqueue_batch(
+        _routed_enqueue_batch.queue_name, _routed_enqueue_batch.payloads,
+        _routed_enqueue_batch.priority, _routed_enqueue_batch.run_at,
+        _routed_enqueue_batch.max_attempts
+    ) as r (id);
+    perform set_config('openqueue.route', coalesce(v_route, 'off'), true);
+    return;
+end;
+$$;
+
+
+comment on function openqueue._routed_enqueue_batch(text, jsonb, integer, timestamptz, integer) is
+'Internal: oq_enqueue_batch on the node holding queue_name (Citus delegates it by queue_name).';
+
+create or replace function openqueue._routed_lease(
+    queue_name text,
+    worker_id text,
+    lease_seconds integer,
+    batch_size integer
+)
+returns table (
+    id bigint,
+    payload jsonb,
+    priority integer,
+    attempts integer,
+    max_attempts integer,
+    run_at timestamptz,
+    created_at timestamptz,
+    lease_token uuid,
+    lease_expires_at timestamptz
+)
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_route text := pg_catalog.current_setting('openqueue.route', true);
+begin
+    -- Routing off: the public function below runs its body here. Restored
+    -- when this returns: on the coordinator, inside a transaction block (not
+    -- delegated), the rest of the transaction keeps routing.
+    perform set_config('openqueue.route', 'off', true);
+    return query
+    select *
+    from openqueue.oq_lease(
+        _routed_lease.queue_name, _routed_lease.worker_id,
+        _routed_lease.lease_seconds, _routed_lease.batch_size
+    );
+    perform set_config('openqueue.route', coalesce(v_route, 'off'), true);
+    return;
+end;
+$$;
+
+
+comment on function openqueue._routed_lease(text, text, integer, integer) is
+'Internal: oq_lease on the node holding queue_name (Citus delegates it by queue_name).';
+
+create or replace function openqueue._routed_heartbeat(
+    queue_name text,
+    job_id bigint,
+    lease_token uuid,
+    lease_seconds integer
+)
+returns timestamptz
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_route text := pg_catalog.current_setting('openqueue.route', true);
+    v_result timestamptz;
+begin
+    -- Routing off: the public function below runs its body here. Restored
+    -- when this returns: on the coordinator, inside a transaction block (not
+    -- delegated), the rest of the transaction keeps routing.
+    perform set_config('openqueue.route', 'off', true);
+    v_result := openqueue.oq_heartbeat(
+        _routed_heartbeat.job_id, _routed_heartbeat.lease_token,
+        _routed_heartbeat.lease_seconds, _routed_heartbeat.queue_name
+    );
+    perform set_config('openqueue.route', coalesce(v_route, 'off'), true);
+    return v_result;
+end;
+$$;
+
+comment on function openqueue._routed_heartbeat(text, bigint, uuid, integer) is
+'Internal: oq_heartbeat on the node holding queue_name (Citus delegates it by queue_name).';
+
+create or replace function openqueue._routed_ack(
+    queue_name text,
+    job_id bigint,
+    lease_token uuid,
+    result jsonb
+)
+returns boolean
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_route text := pg_catalog.current_setting('openqueue.route', true);
+    v_result boolean;
+begin
+    -- Routing off: the public function below runs its body here. Restored
+    -- when this returns: on the coordinator, inside a transaction block (not
+    -- delegated), the rest of the transaction keeps routing.
+    perform set_config('openqueue.route', 'off', true);
+    v_result := openqueue.oq_ack(
+        _routed_ack.job_id, _routed_ack.lease_token, _routed_ack.result, _routed_ack.queue_name
+    );
+    perform set_config('openqueue.route', coalesce(v_route, 'off'), true);
+    return v_result;
+end;
+$$;
+
+comment on function openqueue._routed_ack(text, bigint, uuid, jsonb) is
+'Internal: oq_ack on the node holding queue_name (Citus delegates it by queue_name).';
+
+create or replace function openqueue._routed_nack(
+    queue_name text,
+    job_id bigint,
+    lease_token uuid,
+    error text,
+    retry_in interval,
+    retry boolean
+)
+returns text
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_route text := pg_catalog.current_setting('openqueue.route', true);
+    v_result text;
+begin
+    -- Routing off: the public function below runs its body here. Restored
+    -- when this returns: on the coordinator, inside a transaction block (not
+    -- delegated), the rest of the transaction keeps routing.
+    perform set_config('openqueue.route', 'off', true);
+    v_result := openqueue.oq_nack(
+        _routed_nack.job_id, _routed_nack.lease_token, _routed_nack.error,
+        _routed_nack.retry_in, _routed_nack.retry, _routed_nack.queue_name
+    );
+    perform set_config('openqueue.route', coalesce(v_route, 'off'), true);
+    return v_result;
+end;
+$$;
+
+comment on function openqueue._routed_nack(text, bigint, uuid, text, interval, boolean) is
+'Internal: oq_nack on the node holding queue_name (Citus delegates it by queue_name).';
+
+create or replace function openqueue._routed_ack_many(
+    queue_name text,
+    job_ids bigint[],
+    lease_tokens uuid[],
+    results jsonb[]
+)
+returns setof bigint
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_route text := pg_catalog.current_setting('openqueue.route', true);
+begin
+    -- Routing off: the public function below runs its body here. Restored
+    -- when this returns: on the coordinator, inside a transaction block (not
+    -- delegated), the rest of the transaction keeps routing.
+    perform set_config('openqueue.route', 'off', true);
+    return query
+    select r.id
+    from openqueue.oq_ack_many(
+        _routed_ack_many.job_ids, _routed_ack_many.lease_tokens,
+        _routed_ack_many.results, _routed_ack_many.queue_name
+    ) as r (id);
+    perform set_config('openqueue.route', coalesce(v_route, 'off'), true);
+    return;
+end;
+$$;
+
+
+comment on function openqueue._routed_ack_many(text, bigint[], uuid[], jsonb[]) is
+'Internal: oq_ack_many on the node holding queue_name (Citus delegates it by queue_name).';
+
+create or replace function openqueue._routed_reap(queue_name text)
+returns integer
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_route text := pg_catalog.current_setting('openqueue.route', true);
+    v_result integer;
+begin
+    -- Routing off: the public function below runs its body here. Restored
+    -- when this returns: on the coordinator, inside a transaction block (not
+    -- delegated), the rest of the transaction keeps routing.
+    perform set_config('openqueue.route', 'off', true);
+    v_result := openqueue._reap_queue(_routed_reap.queue_name);
+    perform set_config('openqueue.route', coalesce(v_route, 'off'), true);
+    return v_result;
+end;
+$$;
+
+comment on function openqueue._routed_reap(text) is
+'Internal: _reap_queue on the node holding queue_name (Citus delegates it by queue_name).';
 $oq_0006$;
         insert into openqueue.schema_migrations (version, name)
         values (6, '0006_citus_contract');
