@@ -60,6 +60,10 @@ class Server:
     def dsn(self, database: str) -> str:
         return make_conninfo(self.admin_dsn, dbname=database)
 
+    def citus_installed_database(self, name: str) -> str:
+        """Citus: database ``name`` built on every node, OpenQueue installed and distributed."""
+        return citus_installed_database(self, name)
+
     def psql(self) -> str:
         """A psql binary: the server's own, else one on PATH, else the embedded wheel's."""
         candidates = [self.bin_dir / "psql"] if self.bin_dir is not None else []
@@ -312,19 +316,19 @@ def psql(pg_server: Server, dsn: str) -> Callable[..., subprocess.CompletedProce
     return run
 
 
-def on_citus() -> bool:
-    """The session runs on the Citus backend (contract section 10's differences apply)."""
-    return os.environ.get("OPENQUEUE_TEST_BACKEND") == "citus"
-
-
-def newest_first(*ids: int) -> list[int]:
-    """ids given oldest first, in the order a listing "by id, newest first" shows them.
+@pytest.fixture
+def newest_first(pg_server: Server) -> Callable[..., list[int]]:
+    """f(*ids given oldest first): the order a listing "by id, newest first" shows them in.
 
     On one PostgreSQL ids grow with time, so that is the reverse of the order given; on Citus
     ids are unique but not ordered across queues (contract section 10): the listing is still
     by id descending, which is then not the order of creation.
     """
-    return sorted(ids, reverse=True) if on_citus() else list(reversed(ids))
+
+    def order(*ids: int) -> list[int]:
+        return sorted(ids, reverse=True) if pg_server.kind == "citus" else list(reversed(ids))
+
+    return order
 
 
 def dbname(dsn: str) -> str:

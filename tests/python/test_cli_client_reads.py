@@ -6,7 +6,6 @@ import asyncio
 from datetime import timedelta
 
 import pytest
-from conftest import newest_first
 
 from openqueue_py import AsyncClient, InvalidArgument, JobRecord, JobState
 
@@ -19,7 +18,7 @@ def _dead(client, queue: str) -> int:
     return job_id
 
 
-def test_list_and_count_jobs(client, conn):
+def test_list_and_count_jobs(client, conn, newest_first):
     a = client.enqueue("a", {"n": 1})
     b = client.enqueue("b", {"n": 2})
     dead = _dead(client, "a")

@@ -8,7 +8,6 @@ from datetime import timedelta
 import psycopg
 import pytest
 from click.testing import CliRunner
-from conftest import newest_first
 from psycopg.conninfo import make_conninfo
 
 from openqueue_py import Client, JobState
@@ -202,7 +201,7 @@ def test_dashboard_help(runner):
 # -- jobs list / show ----------------------------------------------------------------------
 
 
-def test_jobs_list_json_and_filters(runner, dsn, client, conn):
+def test_jobs_list_json_and_filters(runner, dsn, client, conn, newest_first):
     a1 = client.enqueue("alpha", {"i": 1})
     a2 = client.enqueue("alpha", {"i": 2})
     b1 = client.enqueue("beta", {"i": 3})
@@ -343,7 +342,7 @@ def test_jobs_show_unknown_id(runner, dsn):
 # -- dead list / replay ----------------------------------------------------------------------
 
 
-def test_dead_list(runner, dsn, client):
+def test_dead_list(runner, dsn, client, newest_first):
     dead = _dead_job(client, "mail", "SMTPError: 550 mailbox unavailable\n\nTraceback ...")
     client.enqueue("mail", {})  # pending: not listed
     other = _dead_job(client, "sms")

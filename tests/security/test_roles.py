@@ -13,7 +13,6 @@ from datetime import timedelta
 
 import psycopg
 import pytest
-from conftest import on_citus
 from psycopg.types.json import Jsonb
 
 from openqueue_py import Client, Worker
@@ -147,7 +146,8 @@ def test_each_role_may_call_exactly_its_list_and_gets_42501_for_every_other_func
                     assert state == "42501", (login.name, signature, state)
 
 
-def test_tables_views_the_sequence_and_internal_helpers_are_denied_to_every_role(conn, logins):
+def test_tables_views_the_sequence_and_internal_helpers_are_denied_to_every_role(conn, logins, pg_server):
+    citus = pg_server.kind == "citus"
     relations = conn.execute(
         """
         select c.oid::regclass::text, c.relkind,
@@ -188,7 +188,7 @@ def test_tables_views_the_sequence_and_internal_helpers_are_denied_to_every_role
                     if kind == "v" and login.member_of == "openqueue_admin" and sql.startswith("select"):
                         continue  # admin's SELECT on openqueue.jobs: see test_admin_...
                     refused = {"42501"}
-                    if on_citus() and relation in CITUS_UNWRITABLE_VIEWS and not sql.startswith("select"):
+                    if citus and relation in CITUS_UNWRITABLE_VIEWS and not sql.startswith("select"):
                         # Citus only (oq_distribute): _jobs_all (a UNION) and schedules (a function's
                         # rows) are not updatable at all: PostgreSQL refuses a write with 55000
                         # before checking privileges; Citus refuses writes through a view over its

@@ -210,10 +210,8 @@ _counter = iter(range(10**6))
 def two_databases(pg_server, template_db) -> Iterator[tuple[str, str]]:
     names = [f"oq_shadow_{os.getpid()}_{next(_counter)}_{kind}" for kind in ("clean", "planted")]
     if pg_server.kind == "citus":  # not clonable: each built on every node, installed, distributed
-        from conftest import citus_installed_database
-
         try:
-            yield citus_installed_database(pg_server, names[0]), citus_installed_database(pg_server, names[1])
+            yield pg_server.citus_installed_database(names[0]), pg_server.citus_installed_database(names[1])
         finally:
             for name in names:
                 pg_server.cluster.drop_database(name)
