@@ -23,11 +23,11 @@ demo: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest
 
-## test-citus: the scale-out tests on a Citus cluster (coordinator + 2 workers; builds Citus into .cache/citus once)
+## test-citus: on a Citus cluster (coordinator + 2 workers; builds Citus from ../shared/citus/ into .cache/citus once): the scale-out tests (tests/citus) and the contract suite through the coordinator, in one session on one cluster (CI round 3; see docs/scaling.md for what skips there and why)
 test-citus: $(STAMP)
-	OPENQUEUE_TEST_BACKEND=citus $(BIN)/python -m pytest tests/citus
+	OPENQUEUE_TEST_BACKEND=citus $(BIN)/python -m pytest tests/citus tests/sql tests/python tests/security tests/worker
 
-## test-citus-contract: the contract suite through a Citus coordinator (work in progress: not all of it passes yet, see docs/scaling.md)
+## test-citus-contract: the contract suite alone through a Citus coordinator (tests/sql, tests/python, tests/security, tests/worker)
 test-citus-contract: $(STAMP)
 	OPENQUEUE_TEST_BACKEND=citus $(BIN)/python -m pytest tests/sql tests/python tests/security tests/worker
 

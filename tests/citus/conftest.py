@@ -2,7 +2,8 @@
 
 Runs only when asked (``OPENQUEUE_TEST_BACKEND=citus`` or ``make test-citus``):
 the first run builds Citus into ``.cache/citus/`` (about a minute), later runs
-start the cluster in about 3 seconds. One database for the session, with
+start the cluster in about 3 seconds (on the Citus backend, the session's cluster
+is the one tests/conftest.py started for the contract suite). One database for the session, with
 OpenQueue installed on the coordinator and ``oq_distribute()`` run; tests
 use queue names of their own, so they need no cleanup between them.
 """
@@ -33,16 +34,23 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def citus_cluster() -> Iterator[Cluster]:
-    cluster = start_cluster()
+def citus_cluster(pg_server) -> Iterator[Cluster]:
+    """The session's cluster: the Citus backend's own (tests/conftest.py), so that one session runs
+    these tests and the contract suite on one cluster; a cluster of its own otherwise."""
+    own = pg_server.kind != "citus"
+    cluster = start_cluster() if own else pg_server.cluster
     try:
+        cluster.drop_database(DATABASE)
         cluster.setup_database(DATABASE)
         openqueue_py.install(cluster.dsn(DATABASE))
         with psycopg.connect(cluster.dsn(DATABASE), autocommit=True) as conn:
             conn.execute("select openqueue.oq_distribute()")
         yield cluster
     finally:
-        cluster.stop()
+        if own:
+            cluster.stop()
+        else:
+            cluster.drop_database(DATABASE)
 
 
 @pytest.fixture

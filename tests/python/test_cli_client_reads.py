@@ -18,23 +18,24 @@ def _dead(client, queue: str) -> int:
     return job_id
 
 
-def test_list_and_count_jobs(client, conn):
+def test_list_and_count_jobs(client, conn, newest_first):
     a = client.enqueue("a", {"n": 1})
     b = client.enqueue("b", {"n": 2})
     dead = _dead(client, "a")
     conn.execute("update openqueue.live_jobs set created_at = now() - interval '2 hours' where id = %s", (a,))
 
     records = client.list_jobs()
-    assert [r.id for r in records] == [dead, b, a]
+    assert [r.id for r in records] == newest_first(a, b, dead)
     assert all(isinstance(r, JobRecord) for r in records)
-    assert records[0].status is JobState.DEAD and records[0].errors[0]["error"] == "boom"
+    dead_record = next(r for r in records if r.id == dead)
+    assert dead_record.status is JobState.DEAD and dead_record.errors[0]["error"] == "boom"
     assert [r.id for r in client.list_jobs(queue_name="a")] == [dead, a]
     assert [r.id for r in client.list_jobs(status="dead")] == [dead]
     assert [r.id for r in client.list_jobs(older_than=timedelta(hours=1))] == [a]
-    assert [r.id for r in client.list_jobs(newer_than=timedelta(hours=1))] == [dead, b]
-    assert [r.id for r in client.list_jobs(limit=1, offset=1)] == [b]
-    assert [r.id for r in client.list_jobs(after_id=b)] == [a]
-    assert [r.id for r in client.list_jobs(limit=None)] == [dead, b, a]
+    assert [r.id for r in client.list_jobs(newer_than=timedelta(hours=1))] == newest_first(b, dead)
+    assert [r.id for r in client.list_jobs(limit=1, offset=1)] == newest_first(a, b, dead)[1:2]
+    assert [r.id for r in client.list_jobs(after_id=b)] == [i for i in newest_first(a, b, dead) if i < b]
+    assert [r.id for r in client.list_jobs(limit=None)] == newest_first(a, b, dead)
     assert client.count_jobs() == 3
     assert client.count_jobs(queue_name="a", status="pending") == 1
     assert client.count_jobs(status="cancelled") == 0

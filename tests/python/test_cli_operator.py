@@ -201,7 +201,7 @@ def test_dashboard_help(runner):
 # -- jobs list / show ----------------------------------------------------------------------
 
 
-def test_jobs_list_json_and_filters(runner, dsn, client, conn):
+def test_jobs_list_json_and_filters(runner, dsn, client, conn, newest_first):
     a1 = client.enqueue("alpha", {"i": 1})
     a2 = client.enqueue("alpha", {"i": 2})
     b1 = client.enqueue("beta", {"i": 3})
@@ -213,12 +213,12 @@ def test_jobs_list_json_and_filters(runner, dsn, client, conn):
         assert result.exit_code == 0, result.output
         return [row["id"] for row in json.loads(result.stdout)]
 
-    assert ids() == [b1, a2, a1]  # newest first
+    assert ids() == newest_first(a1, a2, b1)
     assert ids("--queue", "alpha") == [a2, a1]
     assert ids("--state", "cancelled") == [a2]
     assert ids("--state", "pending", "--queue", "alpha") == [a1]
     assert ids("--older-than", "30m") == [a1]
-    assert ids("--newer-than", "30m") == [b1, a2]
+    assert ids("--newer-than", "30m") == newest_first(a2, b1)
     assert ids("--queue", "nobody") == []
 
     rows = json.loads(runner.invoke(main, ["jobs", "list", "--dsn", dsn, "--json", "--queue", "beta"]).stdout)
@@ -342,7 +342,7 @@ def test_jobs_show_unknown_id(runner, dsn):
 # -- dead list / replay ----------------------------------------------------------------------
 
 
-def test_dead_list(runner, dsn, client):
+def test_dead_list(runner, dsn, client, newest_first):
     dead = _dead_job(client, "mail", "SMTPError: 550 mailbox unavailable\n\nTraceback ...")
     client.enqueue("mail", {})  # pending: not listed
     other = _dead_job(client, "sms")
@@ -353,7 +353,7 @@ def test_dead_list(runner, dsn, client):
     assert "2 of 2 jobs shown" in result.stdout
 
     rows = json.loads(runner.invoke(main, ["dead", "list", "--dsn", dsn, "--json"]).stdout)
-    assert [row["id"] for row in rows] == [other, dead]
+    assert [row["id"] for row in rows] == newest_first(dead, other)
     assert {row["status"] for row in rows} == {"dead"}
     only_mail = json.loads(
         runner.invoke(main, ["dead", "list", "--dsn", dsn, "--json", "--queue", "mail"]).stdout

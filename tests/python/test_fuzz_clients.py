@@ -276,6 +276,13 @@ def conforms(value: Any, hint: Any) -> bool:
     if origin is list:
         (element,) = typing.get_args(hint)
         return isinstance(value, list) and all(conforms(v, element) for v in value)
+    if origin is tuple:  # tuple[str, int, bool] (Client.nodes(), rows only on Citus)
+        args = typing.get_args(hint)
+        return (
+            isinstance(value, tuple)
+            and len(value) == len(args)
+            and all(conforms(v, a) for v, a in zip(value, args, strict=True))
+        )
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, hint)

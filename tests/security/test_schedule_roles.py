@@ -46,7 +46,7 @@ def test_each_role_may_do_exactly_its_part_of_section_7(conn, logins, label):
 
 
 @pytest.mark.parametrize("label", ["producer", "worker", "admin", "nobody"])
-def test_no_role_touches_the_schedules_table_or_writes_the_view(conn, logins, label):
+def test_no_role_touches_the_schedules_table_or_writes_the_view(conn, logins, label, pg_server):
     conn.execute(SCHEDULE)
     with logins[label].connect() as own:
         for sql in (
@@ -57,7 +57,13 @@ def test_no_role_touches_the_schedules_table_or_writes_the_view(conn, logins, la
             "delete from openqueue.schedules",
             "insert into openqueue.schedules (schedule_name) values ('x')",
         ):
-            assert sqlstate_of(own, sql) == "42501", (label, sql)
+            refused = {"42501"}
+            if pg_server.kind == "citus" and "openqueue.schedules" in sql and not sql.startswith("select"):
+                # On Citus the view reads openqueue._schedules_rows() (oq_distribute), so it is not
+                # updatable at all, for its owner too: PostgreSQL refuses the write with 55000
+                # ("not automatically updatable") before it checks privileges.
+                refused.add("55000")
+            assert sqlstate_of(own, sql) in refused, (label, sql)
     assert conn.execute("select cron from openqueue.schedules").fetchall() == [("0 2 * * *",)]
 
 

@@ -352,3 +352,73 @@ def _create_db(server, name: str, template: str) -> None:
 def _drop_db(server, name: str) -> None:
     with psycopg.connect(server.admin_dsn, autocommit=True) as admin:
         admin.execute(f'drop database if exists "{name}" with (force)')
+
+
+# --- listening for NOTIFY on every node ---------------------------------------------------
+
+SENTINEL = "--sentinel--"  # not a valid queue name, so never sent by OpenQueue
+
+
+class NodeListener:
+    """LISTENs on the database's server and, on Citus, on every worker node too (oq_nodes()).
+
+    Contract section 10: on Citus a routed call raises NOTIFY on the worker node that ran it,
+    a call inside a transaction block on the coordinator; a listener listens on all of them.
+    On one PostgreSQL oq_nodes() is empty and this is one plain LISTEN session.
+    """
+
+    def __init__(self, dsn: str, *channels: str) -> None:
+        self.channels = channels or ("openqueue",)
+        self.conns: list[psycopg.Connection] = [psycopg.connect(dsn, autocommit=True)]
+        nodes = self.conns[0].execute(
+            "select node_name, node_port from openqueue.oq_nodes() where not is_coordinator"
+        )
+        for host, port in nodes.fetchall():
+            self.conns.append(psycopg.connect(dsn, host=host, port=port, autocommit=True))
+        for conn in self.conns:
+            for channel in self.channels:
+                conn.execute(f"listen {channel}")
+
+    def received(self) -> list[tuple[str, str]]:
+        """(channel, payload) of every notification delivered so far on any node, node by node.
+
+        Instead of waiting to see that nothing more arrives, each node is sent a sentinel on
+        its own connection: notifications are delivered in commit order, so everything that
+        node sent before has arrived once its sentinel has.
+        """
+        got: list[tuple[str, str]] = []
+        for conn in self.conns:
+            conn.execute("select pg_notify('openqueue', %s)", [SENTINEL])
+            for n in conn.notifies(timeout=10):
+                if n.payload == SENTINEL:
+                    break
+                got.append((n.channel, n.payload))
+            else:
+                raise AssertionError(f"sentinel never arrived; got {got}")
+        return got
+
+    def notifies(self, timeout: float, stop_after: int | None = None) -> Iterator[psycopg.Notify]:
+        """Notifications from any node as they arrive, until timeout seconds or stop_after of them."""
+        deadline = time.monotonic() + timeout
+        count = 0
+        while time.monotonic() < deadline:
+            for conn in self.conns:
+                for n in conn.notifies(timeout=0.02):
+                    yield n
+                    count += 1
+                    if stop_after is not None and count >= stop_after:
+                        return
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.close()
+
+
+@pytest.fixture
+def node_listener(dsn) -> Iterator[NodeListener]:
+    """A NodeListener on channel openqueue."""
+    listener = NodeListener(dsn)
+    try:
+        yield listener
+    finally:
+        listener.close()

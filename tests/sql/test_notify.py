@@ -1,9 +1,11 @@
 """NOTIFY openqueue (CONTRACT.md section 3).
 
-The listener is a separate session. Instead of waiting a while to see that
-something did *not* arrive, a check sends a sentinel notification after the
-action: notifications are delivered in commit order, so everything the action
-sent has arrived once the sentinel has.
+The listener is a separate session (on Citus one per node: a routed call
+notifies on the worker node that ran it, contract section 10). Instead of
+waiting a while to see that something did *not* arrive, a check sends a
+sentinel notification after the action: notifications are delivered in
+commit order, so everything the action sent has arrived once the sentinel
+has (on each node).
 """
 
 from __future__ import annotations
@@ -29,25 +31,20 @@ from .helpers import (
 module_database = helpers.module_database
 dsn = helpers.fresh_dsn
 
-SENTINEL = "--sentinel--"  # not a valid queue name, so never sent by OpenQueue
-
 
 @pytest.fixture
 def listener(dsn):
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("listen openqueue")
-        yield conn
+    """LISTEN openqueue on the server, and on Citus on every node (contract section 10)."""
+    node_listener = helpers.NodeListener(dsn, "openqueue")
+    try:
+        yield node_listener
+    finally:
+        node_listener.close()
 
 
 def received(listener, conn) -> list[tuple[str, str]]:
-    """(channel, payload) of every notification delivered so far, up to a fresh sentinel."""
-    conn.execute("select pg_notify('openqueue', %s)", [SENTINEL])
-    got = []
-    for n in listener.notifies(timeout=10):
-        if n.payload == SENTINEL:
-            return got
-        got.append((n.channel, n.payload))
-    raise AssertionError(f"sentinel never arrived; got {got}")
+    """(channel, payload) of every notification delivered so far, up to a fresh sentinel on each node."""
+    return listener.received()
 
 
 def test_enqueue_of_a_due_job_notifies_its_queue(conn, listener):

@@ -17,10 +17,12 @@ dsn = helpers.fresh_dsn
 
 @pytest.fixture
 def listener(dsn):
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("listen openqueue")
-        conn.execute("listen openqueue_scheduled")
-        yield conn
+    """LISTEN on the server, and on Citus on every node (contract section 10)."""
+    node_listener = helpers.NodeListener(dsn, "openqueue", "openqueue_scheduled")
+    try:
+        yield node_listener
+    finally:
+        node_listener.close()
 
 
 def set_notify(conn, queue_name: str, mode: str) -> None:

@@ -4,8 +4,13 @@ oq_nodes. The routing itself is tested on a Citus cluster in tests/citus/."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+
 import psycopg
 import pytest
+
+import openqueue_py
 
 
 def _lease(conn: psycopg.Connection, queue: str = "q") -> tuple[int, str]:
@@ -90,10 +95,45 @@ def test_the_old_signatures_are_gone_and_positional_calls_still_work(conn):
     )
 
 
-def test_distribute_without_citus_raises_0A000_saying_so(conn):
+@pytest.fixture
+def conn_without_citus(pg_server, conn) -> Iterator[psycopg.Connection]:
+    """A connection to a database with OpenQueue installed and no citus extension.
+
+    The test database itself, except on the Citus backend: there a plain database on the
+    coordinator's server (no citus extension in it), OpenQueue installed.
+    """
+    if pg_server.kind != "citus":
+        yield conn
+        return
+    name = f"oq_plain_{os.getpid()}"
+    with psycopg.connect(pg_server.admin_dsn, autocommit=True) as admin:
+        admin.execute(f'drop database if exists "{name}" with (force)')
+        admin.execute(f'create database "{name}"')
+    try:
+        openqueue_py.install(pg_server.dsn(name))
+        with psycopg.connect(pg_server.dsn(name), autocommit=True) as plain:
+            assert plain.execute("select count(*) from pg_extension where extname = 'citus'").fetchone() == (
+                0,
+            )
+            yield plain
+    finally:
+        with psycopg.connect(pg_server.admin_dsn, autocommit=True) as admin:
+            admin.execute(f'drop database if exists "{name}" with (force)')
+
+
+def test_distribute_without_citus_raises_0A000_saying_so(conn_without_citus):
     with pytest.raises(psycopg.errors.FeatureNotSupported, match="citus"):
-        conn.execute("select openqueue.oq_distribute()")
+        conn_without_citus.execute("select openqueue.oq_distribute()")
 
 
-def test_nodes_is_empty_without_citus(conn):
-    assert conn.execute("select * from openqueue.oq_nodes()").fetchall() == []
+def test_nodes_is_empty_without_citus(conn_without_citus):
+    assert conn_without_citus.execute("select * from openqueue.oq_nodes()").fetchall() == []
+
+
+def test_nodes_lists_the_coordinator_and_each_worker_node_on_citus(pg_server, conn):
+    if pg_server.kind != "citus":
+        assert conn.execute("select * from openqueue.oq_nodes()").fetchall() == []
+        return
+    cluster = pg_server.cluster
+    expected = [("127.0.0.1", node.port, node is cluster.coordinator) for node in cluster.nodes]
+    assert sorted(conn.execute("select * from openqueue.oq_nodes()").fetchall()) == sorted(expected)
