@@ -7330,6 +7330,18 @@ $oq_0005$;
 --   open transaction holding a multi-shard modification of that table (two
 --   reaps, one in an open transaction, waited for each other). It now
 --   deletes them queue by queue, each on its one shard.
+-- * A routed oq_enqueue_batch and a routed oq_ack_many (given queue_name)
+--   ran on the node holding the queue but did not stay there: each read a
+--   CTE twice (the ids drawn, the rows deleted), which Citus plans as an
+--   intermediate result copied to every other node, and the call then
+--   committed with two-phase commit across the cluster (seen with
+--   citus.log_remote_commands on the worker nodes; the coordinator's log
+--   showed one delegated call). The routed calls now set openqueue.route to
+--   'routed' (still not 'on'), and the two functions take, under that
+--   setting only, a form Citus runs on the one local shard: the batch's ids
+--   drawn into an array first, then one INSERT ... SELECT over the arrays;
+--   the acks as one DELETE feeding one INSERT (oq_ack's shape), the ids put
+--   back in input order after. On one PostgreSQL nothing changes.
 
 create or replace function openqueue.oq_queue_settings()
 returns table (
@@ -7670,10 +7682,11 @@ as $$
 declare
     v_route text := pg_catalog.current_setting('openqueue.route', true);
 begin
-    -- Routing off: the public function below runs its body here. Restored
+    -- Routing off ('routed' is not 'on'): the public function below runs
+    -- its body here, in the form that stays on this node (see it). Restored
     -- when this returns: on the coordinator, inside a transaction block (not
     -- delegated), the rest of the transaction keeps routing.
-    perform set_config('openqueue.route', 'off', true);
+    perform set_config('openqueue.route', 'routed', true);
     return query
     select r.id
     from openqueue.oq_enqueue_batch(
@@ -7836,10 +7849,11 @@ as $$
 declare
     v_route text := pg_catalog.current_setting('openqueue.route', true);
 begin
-    -- Routing off: the public function below runs its body here. Restored
+    -- Routing off ('routed' is not 'on'): the public function below runs
+    -- its body here, in the form that stays on this node (see it). Restored
     -- when this returns: on the coordinator, inside a transaction block (not
     -- delegated), the rest of the transaction keeps routing.
-    perform set_config('openqueue.route', 'off', true);
+    perform set_config('openqueue.route', 'routed', true);
     return query
     select r.id
     from openqueue.oq_ack_many(
@@ -7876,6 +7890,399 @@ $$;
 
 comment on function openqueue._routed_reap(text) is
 'Internal: _reap_queue on the node holding queue_name (Citus delegates it by queue_name).';
+
+-- ---------------------------------------------------------------------------
+-- oq_enqueue_batch and oq_ack_many, routed: one node, one commit (see the top).
+-- ---------------------------------------------------------------------------
+
+create or replace function openqueue.oq_enqueue_batch(
+    queue_name text,
+    payloads jsonb,
+    priority integer default 0,
+    run_at timestamptz default now(),
+    max_attempts integer default null  -- null: the queue's setting
+)
+returns setof bigint
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_run_at timestamptz := coalesce(oq_enqueue_batch.run_at, now());
+    v_due boolean := coalesce(oq_enqueue_batch.run_at, now()) <= now();
+    v_max_attempts integer;
+    v_notify_mode text;
+    v_count bigint;
+    v_max_payload integer;
+    v_index bigint;
+    v_size bigint;
+    v_ids bigint[];
+begin
+    perform openqueue._check_queue_name(oq_enqueue_batch.queue_name);
+    if openqueue._route() then
+        return query
+        select r.id
+        from openqueue._routed_enqueue_batch(
+            oq_enqueue_batch.queue_name, oq_enqueue_batch.payloads, oq_enqueue_batch.priority,
+            oq_enqueue_batch.run_at, oq_enqueue_batch.max_attempts
+        ) as r (id);
+        return;
+    end if;
+    if oq_enqueue_batch.payloads is null then
+        perform openqueue._raise_null('payloads');
+    elsif jsonb_typeof(oq_enqueue_batch.payloads) <> 'array' then
+        perform openqueue._raise_invalid(
+            'payloads',
+            format('must be a JSON array, got a JSON %s', jsonb_typeof(oq_enqueue_batch.payloads))
+        );
+    end if;
+    perform openqueue._check_range('max_attempts', oq_enqueue_batch.max_attempts, 1, 2147483647);
+
+    -- One lookup for the settings this needs (defaults: see
+    -- openqueue._queue_settings and openqueue._max_payload_bytes).
+    select
+        coalesce(oq_enqueue_batch.max_attempts, q.max_attempts, 5),
+        coalesce(q.notify_mode, 'always'),
+        coalesce(ql.max_payload_bytes, 1048576)
+    into v_max_attempts, v_notify_mode, v_max_payload
+    from (select 1) as one
+    left join openqueue.queues as q on q.queue_name = oq_enqueue_batch.queue_name
+    left join openqueue.queue_limits as ql on ql.queue_name = oq_enqueue_batch.queue_name;
+
+    -- No element is longer than the whole array: one serialisation settles
+    -- the usual batch; only a batch longer than the limit is looked into
+    -- element by element (to name the first one too large).
+    if octet_length(oq_enqueue_batch.payloads::text) > v_max_payload then
+        select e.ordinality - 1, octet_length(e.value::text) into v_index, v_size
+        from jsonb_array_elements(oq_enqueue_batch.payloads) with ordinality as e
+        where octet_length(e.value::text) > v_max_payload
+        order by e.ordinality
+        limit 1;
+    end if;
+    if v_index is not null then
+        perform openqueue._raise_invalid(
+            'payloads',
+            format(
+                'element %s (counting from 0) is %s bytes, more than the %s bytes queue %s accepts',
+                v_index, v_size, v_max_payload, oq_enqueue_batch.queue_name
+            )
+        );
+    end if;
+
+    if coalesce(current_setting('openqueue.route', true), '') = 'routed' then
+        -- On the Citus node holding the queue (_routed_enqueue_batch): the
+        -- statement below reads its CTE twice, which Citus plans as an
+        -- intermediate result sent to every node, and the call then commits
+        -- with two-phase commit across the cluster. Here the ids are drawn
+        -- first and one INSERT ... SELECT over the arrays goes to the one
+        -- local shard (Citus copies it locally): one node, one commit.
+        v_ids := array(
+            select nextval('openqueue.job_id_seq')
+            from generate_series(1, jsonb_array_length(oq_enqueue_batch.payloads))
+        );
+        insert into openqueue.live_jobs (id, queue_name, priority, run_at, max_attempts, payload, due)
+        select
+            u.job_id,
+            oq_enqueue_batch.queue_name,
+            coalesce(oq_enqueue_batch.priority, 0),
+            v_run_at,
+            v_max_attempts,
+            u.payload,
+            v_due
+        from unnest(
+            v_ids,
+            array(
+                select e.value
+                from jsonb_array_elements(oq_enqueue_batch.payloads) with ordinality as e
+                order by e.ordinality
+            )
+        ) as u (job_id, payload);
+        return query
+        select u.job_id
+        from unnest(v_ids) with ordinality as u (job_id, position)
+        order by u.position;
+        v_count := cardinality(v_ids);
+    else
+        -- Ids are drawn in array order before the insert, so the result order
+        -- does not depend on the order INSERT ... RETURNING happens to use.
+        return query
+        with numbered as (
+            select
+                nextval('openqueue.job_id_seq') as job_id,
+                elem.value as payload,
+                elem.ordinality
+            from jsonb_array_elements(oq_enqueue_batch.payloads) with ordinality as elem
+        ),
+
+        inserted as (  -- noqa: ST03
+            insert into openqueue.live_jobs (id, queue_name, priority, run_at, max_attempts, payload, due)
+            select
+                n.job_id,
+                oq_enqueue_batch.queue_name,
+                coalesce(oq_enqueue_batch.priority, 0),
+                v_run_at,
+                v_max_attempts,
+                n.payload,
+                v_due
+            from numbered as n
+        )
+
+        -- A data-modifying CTE runs whether or not the outer query reads it.
+        select n.job_id
+        from numbered as n
+        order by n.ordinality;
+
+        get diagnostics v_count = row_count;
+    end if;
+    if v_count = 0
+       or (v_notify_mode = 'when_waiting' and not openqueue._waiter_present(oq_enqueue_batch.queue_name)) then
+        return;
+    end if;
+    if v_due then
+        perform pg_notify('openqueue', oq_enqueue_batch.queue_name);
+    else
+        perform pg_notify('openqueue_scheduled', oq_enqueue_batch.queue_name);
+    end if;
+end;
+$$;
+
+comment on function openqueue.oq_enqueue_batch(text, jsonb, integer, timestamptz, integer) is
+'Add one job per element of the JSON array payloads to queue_name; returns '
+'the ids in array order. Other arguments as for oq_enqueue. One NOTIFY per '
+'call when the jobs are due now; an empty array writes nothing. Errors '
+'22004/22023 for a bad queue_name, payloads NULL or not an array, an element '
+'larger than the queue''s maximum payload size, max_attempts < 1. On Citus '
+'(after oq_distribute) the call runs on the node holding the queue.';
+
+create or replace function openqueue.oq_ack_many(
+    job_ids bigint[],
+    lease_tokens uuid[],
+    results jsonb[] default null,
+    queue_name text default null
+)
+returns setof bigint
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_id bigint;
+    v_done bigint[] := '{}';
+begin
+    if oq_ack_many.job_ids is null then
+        perform openqueue._raise_null('job_ids');
+    end if;
+    if oq_ack_many.lease_tokens is null then
+        perform openqueue._raise_null('lease_tokens');
+    end if;
+    if cardinality(oq_ack_many.lease_tokens) <> cardinality(oq_ack_many.job_ids) then
+        perform openqueue._raise_invalid(
+            'lease_tokens',
+            format(
+                'must have as many elements as job_ids (%s), got %s',
+                cardinality(oq_ack_many.job_ids), cardinality(oq_ack_many.lease_tokens)
+            )
+        );
+    end if;
+    if cardinality(oq_ack_many.results) <> cardinality(oq_ack_many.job_ids) then
+        perform openqueue._raise_invalid(
+            'results',
+            format(
+                'must have as many elements as job_ids (%s), got %s',
+                cardinality(oq_ack_many.job_ids), cardinality(oq_ack_many.results)
+            )
+        );
+    end if;
+    -- oq_ack(NULL, ...) raises, so a NULL element does too.
+    if array_position(oq_ack_many.job_ids, null) is not null then
+        perform openqueue._raise_null('job_ids element');
+    end if;
+    if array_position(oq_ack_many.lease_tokens, null) is not null then
+        perform openqueue._raise_null('lease_tokens element');
+    end if;
+    if oq_ack_many.queue_name is not null and openqueue._route() then
+        return query
+        select r.id
+        from openqueue._routed_ack_many(
+            oq_ack_many.queue_name, oq_ack_many.job_ids, oq_ack_many.lease_tokens,
+            oq_ack_many.results
+        ) as r (id);
+        return;
+    end if;
+
+    if oq_ack_many.queue_name is not null
+       and coalesce(current_setting('openqueue.route', true), '') = 'routed' then
+        -- On the Citus node holding the queue (_routed_ack_many): the
+        -- statement below reads its DELETE's rows twice, which Citus plans
+        -- as an intermediate result sent to every node, and the call then
+        -- commits with two-phase commit across the cluster. Here the moved
+        -- rows are the INSERT's own (the shape of oq_ack, which Citus copies
+        -- into the one local shard), and the ids are put back in input order
+        -- afterwards (by an id's first position in job_ids).
+        for v_id in
+            with input as (
+                select distinct on (u.job_id, u.lease_token)
+                    u.job_id, u.lease_token, u.result
+                from unnest(
+                    oq_ack_many.job_ids,
+                    oq_ack_many.lease_tokens,
+                    coalesce(oq_ack_many.results, array[]::jsonb[])
+                ) with ordinality as u (job_id, lease_token, result, ordinality)
+                order by u.job_id, u.lease_token, u.ordinality
+            ),
+
+            done as (
+                delete from openqueue.live_jobs as lj
+                using input as i
+                where lj.queue_name = oq_ack_many.queue_name
+                  and lj.id = i.job_id
+                  and lj.status = 'processing'
+                  and lj.lease_token = i.lease_token
+                returning lj.*, i.result as ack_result
+            )
+
+            insert into openqueue.finished_jobs (
+                id, queue_name, status, priority, run_at, attempts, max_attempts,
+                leased_by, payload, result, errors, idempotency_key, created_at, finished_at
+            )
+            select
+                d.id, d.queue_name, 'completed', d.priority, d.run_at, d.attempts, d.max_attempts,
+                d.leased_by, d.payload, d.ack_result, d.errors, d.idempotency_key, d.created_at, now()
+            from done as d
+            returning id
+        loop
+            v_done := v_done || v_id;
+        end loop;
+        return query
+        select u.job_id
+        from unnest(oq_ack_many.job_ids) with ordinality as u (job_id, position)
+        where u.job_id = any(v_done)
+        group by u.job_id
+        order by min(u.position);
+        return;
+    end if;
+
+    -- One DELETE ... RETURNING for the whole batch, joined on the arrays
+    -- unnested side by side. A (job, token) pair given twice is acked once,
+    -- with the result of its first occurrence; a stale or wrong token matches
+    -- no row and its id is simply absent. Ids come back in input order.
+    return query
+    with input as (
+        select distinct on (u.job_id, u.lease_token)
+            u.job_id, u.lease_token, u.result, u.ordinality
+        from unnest(
+            oq_ack_many.job_ids,
+            oq_ack_many.lease_tokens,
+            coalesce(oq_ack_many.results, array[]::jsonb[])
+        ) with ordinality as u (job_id, lease_token, result, ordinality)
+        order by u.job_id, u.lease_token, u.ordinality
+    ),
+
+    done as (
+        delete from openqueue.live_jobs as lj
+        using input as i
+        where lj.id = i.job_id
+          and lj.status = 'processing'
+          and lj.lease_token = i.lease_token
+          and (oq_ack_many.queue_name is null or lj.queue_name = oq_ack_many.queue_name)
+        returning lj.*, i.result as ack_result, i.ordinality
+    ),
+
+    moved as (  -- noqa: ST03
+        insert into openqueue.finished_jobs (
+            id, queue_name, status, priority, run_at, attempts, max_attempts,
+            leased_by, payload, result, errors, idempotency_key, created_at, finished_at
+        )
+        select
+            d.id, d.queue_name, 'completed', d.priority, d.run_at, d.attempts, d.max_attempts,
+            d.leased_by, d.payload, d.ack_result, d.errors, d.idempotency_key, d.created_at, now()
+        from done as d
+    )
+
+    select d.id
+    from done as d
+    order by d.ordinality;
+end;
+$$;
+
+comment on function openqueue.oq_ack_many(bigint[], uuid[], jsonb[], text) is
+'Ack a batch in one statement: element i is acked exactly as '
+'oq_ack(job_ids[i], lease_tokens[i], results[i], queue_name) would be '
+'(results NULL: no results stored). Returns the ids it completed, in input '
+'order; an id whose token does not hold the current lease (or whose job is '
+'not of queue_name, when given) is absent. A pair given twice is acked once. '
+'Errors 22004 for a NULL array or element, 22023 for arrays of different lengths.';
+
+create or replace function openqueue.oq_heartbeat(
+    job_id bigint,
+    lease_token uuid,
+    lease_seconds integer default null,
+    queue_name text default null
+)
+returns timestamptz
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_expires timestamptz;
+begin
+    if oq_heartbeat.job_id is null then
+        perform openqueue._raise_null('job_id');
+    end if;
+    if oq_heartbeat.lease_token is null then
+        perform openqueue._raise_null('lease_token');
+    end if;
+    perform openqueue._check_range('lease_seconds', oq_heartbeat.lease_seconds, 1, 86400);
+    if oq_heartbeat.queue_name is not null and openqueue._route() then
+        select r.expires into v_expires
+        from openqueue._routed_heartbeat(
+            oq_heartbeat.queue_name, oq_heartbeat.job_id, oq_heartbeat.lease_token,
+            oq_heartbeat.lease_seconds
+        ) as r (expires);
+        return v_expires;
+    end if;
+
+    if oq_heartbeat.queue_name is not null then
+        -- The queue named, as a plain equality: Citus prunes the UPDATE to
+        -- that queue's one shard only so (with "queue_name is null or ..." it
+        -- updated every shard and committed with two-phase commit).
+        update openqueue.live_jobs as lj
+        set lease_expires_at = now() + make_interval(secs => coalesce(
+            oq_heartbeat.lease_seconds,
+            (select q.lease_seconds from openqueue.queues as q where q.queue_name = oq_heartbeat.queue_name),
+            30
+        ))
+        where lj.queue_name = oq_heartbeat.queue_name
+          and lj.id = oq_heartbeat.job_id
+          and lj.status = 'processing'
+          and lj.lease_token = oq_heartbeat.lease_token
+        returning lj.lease_expires_at into v_expires;
+        return v_expires;
+    end if;
+
+    -- The queue's lease setting by a correlated subquery (Citus refuses a
+    -- stable function applied to a column in a distributed write).
+    update openqueue.live_jobs as lj
+    set lease_expires_at = now() + make_interval(secs => coalesce(
+        oq_heartbeat.lease_seconds,
+        (select q.lease_seconds from openqueue.queues as q where q.queue_name = lj.queue_name),
+        30
+    ))
+    where lj.id = oq_heartbeat.job_id
+      and lj.status = 'processing'
+      and lj.lease_token = oq_heartbeat.lease_token
+    returning lj.lease_expires_at into v_expires;
+
+    return v_expires;
+end;
+$$;
+
+comment on function openqueue.oq_heartbeat(bigint, uuid, integer, text) is
+'Extend the lease that lease_token holds on job_id to now() + lease_seconds '
+'(NULL: the queue''s setting). Returns the new expiry, or NULL when that '
+'lease is no longer held (acked, nacked, cancelled, reclaimed, wrong token, '
+'unknown job, or queue_name given and not the job''s queue). An expired lease '
+'that oq_reap has not reclaimed yet is still held. queue_name (optional) lets '
+'Citus route the call to the node holding the job. Errors 22004/22023 for NULL '
+'job_id or lease_token, lease_seconds out of range.';
 $oq_0006$;
         insert into openqueue.schema_migrations (version, name)
         values (6, '0006_citus_contract');

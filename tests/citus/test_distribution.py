@@ -4,12 +4,16 @@ two-phase commit (issue 10, done-when 2)."""
 
 from __future__ import annotations
 
+import re
 import threading
+import time
+from collections.abc import Iterator
 
 import psycopg
 import pytest
 
 from .cluster import Cluster
+from .conftest import DATABASE
 
 
 def node_port_of(conn: psycopg.Connection, queue: str) -> int:
@@ -90,6 +94,139 @@ def test_each_hot_path_call_runs_on_exactly_one_worker_node_with_no_two_phase_co
             assert "PREPARE TRANSACTION" not in command and "BEGIN" not in command
         prepared_after = conn.execute("select count(*) from pg_dist_transaction").fetchone()[0]
         assert prepared_after <= prepared_before  # no two-phase commit recorded
+
+
+class NodeLog:
+    """What the worker nodes do inside a routed call, as the coordinator relays it to its client.
+
+    With ``citus.log_remote_commands`` and ``citus.log_local_commands`` on in
+    the worker nodes (ALTER SYSTEM, reloaded), a node running a delegated
+    call reports each command it sends to another node ("issuing ...") and
+    each it runs on its own shards ("executing ... locally"), and the
+    coordinator relays those notices with the detail "from HOST:PORT".
+    """
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.entries: list[tuple[int, str, str]] = []  # (node port, message, detail)
+        conn.add_notice_handler(self._notice)
+
+    def _notice(self, diagnostic: psycopg.errors.Diagnostic) -> None:
+        detail = diagnostic.message_detail or ""
+        match = re.search(r"from [\d.]+:(\d+)", detail)
+        if match:
+            self.entries.append((int(match[1]), diagnostic.message_primary or "", detail))
+
+
+@pytest.fixture
+def node_logging(citus_cluster: Cluster) -> Iterator[None]:
+    """citus.log_remote_commands and log_local_commands on in every worker node, for this test only."""
+    settings = ("citus.log_remote_commands", "citus.log_local_commands")
+
+    def configure(on: bool) -> None:
+        for node in citus_cluster.worker_nodes:
+            with psycopg.connect(node.dsn(), autocommit=True) as conn:
+                for name in settings:
+                    conn.execute(f"alter system set {name} = on" if on else f"alter system reset {name}")
+                conn.execute("select pg_reload_conf()")
+        time.sleep(0.5)  # the nodes' sessions read the reload at their next command
+
+    configure(True)
+    try:
+        yield
+    finally:
+        configure(False)
+
+
+def set_on_every_node(cluster: Cluster, name: str, value: str | None) -> None:
+    """ALTER SYSTEM SET (None: RESET) a setting on every node, and reload."""
+    for node in cluster.nodes:
+        with psycopg.connect(node.dsn(), autocommit=True) as conn:
+            conn.execute(
+                f"alter system set {name} = {value}" if value is not None else f"alter system reset {name}"
+            )
+            conn.execute("select pg_reload_conf()")
+
+
+def prepared_transactions(cluster: Cluster) -> dict[int, int]:
+    """pg_dist_transaction's rows on every node: one per two-phase commit not yet recovered."""
+    counts = {}
+    for node in cluster.nodes:
+        with psycopg.connect(node.dsn(DATABASE), autocommit=True) as conn:
+            counts[node.port] = conn.execute("select count(*) from pg_dist_transaction").fetchone()[0]
+    return counts
+
+
+def test_the_node_running_each_hot_path_call_touches_no_other_node_and_commits_once(
+    citus_cluster: Cluster, remote_log, node_logging
+):
+    """Done-when 2 seen from the worker node that runs the call, not only from the coordinator.
+
+    Version 5 passed the coordinator-side test above while the node running a
+    routed oq_enqueue_batch or oq_ack_many copied an intermediate result to
+    the other nodes and committed with PREPARE TRANSACTION on them: here
+    every command that node runs must be local, and no node records a
+    two-phase commit.
+    """
+    conn, _coordinator_log = remote_log  # its settings relay the nodes' notices to this client
+    node_log = NodeLog(conn)
+    set_on_every_node(
+        citus_cluster, "citus.recover_2pc_interval", "-1"
+    )  # keep every 2PC record for the count
+    try:
+        for queue in ("node_a", "node_b", "node_c", "node_d"):
+            port = node_port_of(conn, queue)
+            before = prepared_transactions(citus_cluster)
+            calls: list[tuple[str, list[tuple[int, str, str]]]] = []
+
+            def run(name: str, sql: str, params: tuple = (), calls: list = calls) -> list[tuple]:
+                node_log.entries.clear()
+                rows = conn.execute(sql, params).fetchall()
+                calls.append((name, list(node_log.entries)))
+                return rows
+
+            run("enqueue", "select openqueue.oq_enqueue(%s, '{}')", (queue,))
+            ids = run(
+                "enqueue_batch", "select * from openqueue.oq_enqueue_batch(%s, '[{}, {}, {}, {}]')", (queue,)
+            )
+            assert [r[0] for r in ids] == sorted(r[0] for r in ids)  # in array order, ids drawn in order
+            leased = run(
+                "lease", "select id, lease_token from openqueue.oq_lease(%s, 'w', batch_size => 5)", (queue,)
+            )
+            assert len(leased) == 5
+            (a, ta), (b, tb), (c, tc), (d, td), (e, te) = leased
+            run("heartbeat", "select openqueue.oq_heartbeat(%s, %s, queue_name => %s)", (a, ta, queue))
+            assert run("ack", "select openqueue.oq_ack(%s, %s, queue_name => %s)", (a, ta, queue)) == [
+                (True,)
+            ]
+            assert run("nack", "select openqueue.oq_nack(%s, %s, 'x', queue_name => %s)", (b, tb, queue)) == [
+                ("failed",)
+            ]
+            done = run(
+                "ack_many",
+                "select * from openqueue.oq_ack_many(%s, %s, array['1', null, '{\"r\": 3}']::jsonb[],"
+                " queue_name => %s)",
+                ([e, c, d], [te, tc, td], queue),
+            )
+            assert [r[0] for r in done] == [e, c, d]  # input order, as on one PostgreSQL
+            results = dict(
+                conn.execute(
+                    "select id, result from openqueue.jobs where id = any(%s)", ([c, d, e],)
+                ).fetchall()
+            )
+            assert results == {e: 1, c: None, d: {"r": 3}}
+
+            assert [name for name, _ in calls] == HOT_PATH
+            for name, entries in calls:
+                assert entries, (queue, name, "the node reported nothing: is its logging on?")
+                for node_port, message, _detail in entries:
+                    assert node_port == port, (queue, name, node_port, message)
+                    assert message.startswith("executing the c"), "\n".join(
+                        [f"{queue} {name} on node {port}:"] + [f"  {p}: {m[:300]}" for p, m, _ in entries]
+                    )
+                    assert "PREPARE TRANSACTION" not in message
+            assert prepared_transactions(citus_cluster) == before, (queue, "a two-phase commit was recorded")
+    finally:
+        set_on_every_node(citus_cluster, "citus.recover_2pc_interval", None)
 
 
 def test_inside_a_transaction_block_calls_run_from_the_coordinator_and_commit_across_nodes(remote_log):
