@@ -10,12 +10,14 @@ use queue names of their own, so they need no cleanup between them.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Iterator
 
 import psycopg
 import pytest
+from worker.conftest import Events
 
 import openqueue_py
 
@@ -33,6 +35,26 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def install_distributed(cluster: Cluster, database: str = DATABASE) -> None:
+    """The database on every node, OpenQueue installed on the coordinator and oq_distribute() run."""
+    cluster.setup_database(database)
+    openqueue_py.install(cluster.dsn(database))
+    with psycopg.connect(cluster.dsn(database), autocommit=True) as conn:
+        conn.execute("select openqueue.oq_distribute()")
+
+
+@pytest.fixture
+def events() -> Iterator[Events]:
+    logger = logging.getLogger("openqueue.worker")
+    handler = Events()
+    previous = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(previous)
+
+
 @pytest.fixture(scope="session")
 def citus_cluster(pg_server) -> Iterator[Cluster]:
     """The session's cluster: the Citus backend's own (tests/conftest.py), so that one session runs
@@ -41,10 +63,7 @@ def citus_cluster(pg_server) -> Iterator[Cluster]:
     cluster = start_cluster() if own else pg_server.cluster
     try:
         cluster.drop_database(DATABASE)
-        cluster.setup_database(DATABASE)
-        openqueue_py.install(cluster.dsn(DATABASE))
-        with psycopg.connect(cluster.dsn(DATABASE), autocommit=True) as conn:
-            conn.execute("select openqueue.oq_distribute()")
+        install_distributed(cluster)
         yield cluster
     finally:
         if own:

@@ -26,14 +26,14 @@ from pathlib import Path
 import psycopg
 import pytest
 from chaos.plan import ChaosConfig
-from worker.conftest import Events, running, wait_until
+from worker.conftest import running, wait_until
 
-import openqueue_py
 from openqueue_py import Worker
 from openqueue_py._sql import Call
 from openqueue_py.worker.connections import TRANSIENT, Connections, NodeUnavailable
 
 from .cluster import Cluster, start_cluster
+from .conftest import install_distributed
 from .test_worker_citus import queues_on_each_node
 
 DATABASE = "oq_restart"
@@ -55,25 +55,10 @@ class _Summary:
 def own_cluster() -> Iterator[Cluster]:
     cluster = start_cluster()
     try:
-        cluster.setup_database(DATABASE)
-        openqueue_py.install(cluster.dsn(DATABASE))
-        with psycopg.connect(cluster.dsn(DATABASE), autocommit=True) as conn:
-            conn.execute("select openqueue.oq_distribute()")
+        install_distributed(cluster, DATABASE)
         yield cluster
     finally:
         cluster.stop()
-
-
-@pytest.fixture
-def events() -> Iterator[Events]:
-    logger = logging.getLogger("openqueue.worker")
-    handler = Events()
-    previous = logger.level
-    logger.setLevel(logging.DEBUG)
-    logger.addHandler(handler)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(previous)
 
 
 def _enqueue(dsn: str, queue: str) -> bool:

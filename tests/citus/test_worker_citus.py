@@ -7,30 +7,15 @@ drains queues held by both worker nodes.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
-from collections.abc import Iterator
 
 import psycopg
-import pytest
-from worker.conftest import Events, running, wait_until
+from worker.conftest import running, wait_until
 
 from openqueue_py import Worker
 
 from .test_distribution import node_port_of
-
-
-@pytest.fixture
-def events() -> Iterator[Events]:
-    logger = logging.getLogger("openqueue.worker")
-    handler = Events()
-    previous = logger.level
-    logger.setLevel(logging.DEBUG)
-    logger.addHandler(handler)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(previous)
 
 
 def queues_on_each_node(conn: psycopg.Connection, prefix: str, per_node: int) -> dict[int, list[str]]:
