@@ -7342,6 +7342,11 @@ $oq_0005$;
 --   drawn into an array first, then one INSERT ... SELECT over the arrays;
 --   the acks as one DELETE feeding one INSERT (oq_ack's shape), the ids put
 --   back in input order after. On one PostgreSQL nothing changes.
+-- * oq_purge and oq_purge_batch on Citus compared finished_at with now() -
+--   older_than inside a query over every shard, where now() is each worker
+--   node's own transaction time (later than the caller's by the hop): a job
+--   finished exactly older_than before the caller's now() was deleted. The
+--   cutoff is now computed once, on the node running the call.
 
 create or replace function openqueue.oq_queue_settings()
 returns table (
@@ -8283,6 +8288,93 @@ comment on function openqueue.oq_heartbeat(bigint, uuid, integer, text) is
 'that oq_reap has not reclaimed yet is still held. queue_name (optional) lets '
 'Citus route the call to the node holding the job. Errors 22004/22023 for NULL '
 'job_id or lease_token, lease_seconds out of range.';
+
+-- _purge_chunk on Citus: the cutoff computed once (see the top).
+create or replace function openqueue._purge_chunk(older_than interval, include_dead boolean, max_rows integer)
+returns bigint
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_count bigint;
+    v_queue text;
+    v_ids bigint[];
+    v_one bigint;
+    v_cutoff timestamptz;
+begin
+    if openqueue._route() then
+        -- Citus locks rows on one shard only: the oldest candidates read
+        -- across the shards without locks, then deleted queue by queue (a
+        -- row a concurrent purge deleted first is simply not found). The
+        -- cutoff is computed here, once: a now() in the query would be each
+        -- worker node's own transaction time, later than the caller's.
+        v_cutoff := now() - _purge_chunk.older_than;
+        v_count := 0;
+        for v_queue, v_ids in
+            select c.queue_name, array_agg(c.id)
+            from (
+                select f.id, f.queue_name
+                from openqueue.finished_jobs as f
+                where f.finished_at < v_cutoff
+                  and (
+                      f.status in ('completed', 'cancelled')
+                      or (f.status = 'dead' and coalesce(_purge_chunk.include_dead, false))
+                  )
+                order by f.finished_at
+                limit _purge_chunk.max_rows
+            ) as c
+            group by c.queue_name
+        loop
+            with purged as (
+                delete from openqueue.finished_jobs as fj
+                where fj.queue_name = v_queue
+                  and fj.id = any(v_ids)
+                returning fj.id, fj.queue_name, fj.idempotency_key
+            ),
+
+            freed as (  -- noqa: ST03
+                delete from openqueue.idempotency_keys as ik
+                using purged as p
+                where ik.queue_name = v_queue
+                  and ik.queue_name = p.queue_name
+                  and ik.idempotency_key = p.idempotency_key
+                  and ik.job_id = p.id
+            )
+
+            select count(*) into v_one from purged;
+            v_count := v_count + v_one;
+        end loop;
+        return v_count;
+    end if;
+    with purged as (
+        delete from openqueue.finished_jobs as fj
+        where fj.id = any(array(
+            select f.id
+            from openqueue.finished_jobs as f
+            where f.finished_at < now() - _purge_chunk.older_than
+              and (
+                  f.status in ('completed', 'cancelled')
+                  or (f.status = 'dead' and coalesce(_purge_chunk.include_dead, false))
+              )
+            order by f.finished_at
+            limit _purge_chunk.max_rows
+            for update skip locked
+        ))
+        returning fj.id, fj.queue_name, fj.idempotency_key
+    ),
+
+    freed as (  -- noqa: ST03
+        delete from openqueue.idempotency_keys as ik
+        using purged as p
+        where ik.queue_name = p.queue_name
+          and ik.idempotency_key = p.idempotency_key
+          and ik.job_id = p.id
+    )
+
+    select count(*) into v_count from purged;
+    return v_count;
+end;
+$$;
 $oq_0006$;
         insert into openqueue.schema_migrations (version, name)
         values (6, '0006_citus_contract');

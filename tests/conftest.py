@@ -384,12 +384,6 @@ MULTI_SHARD_WRITES_WAIT = (
     "holding such multi-shard modifications of one table wait for each other, where one PostgreSQL "
     "waits only for the rows (docs/scaling.md); pass queue_name (the Worker does)"
 )
-NODE_CLOCK = (
-    "NOT a section 10 difference, a known limit on Citus: now() in a statement the coordinator sends to "
-    "a worker node is that node's transaction time, not the caller's transaction time, so timestamps "
-    "written and compared there differ from the caller's now() by the hop (milliseconds); this test "
-    "compares them to the microsecond (docs/scaling.md)"
-)
 HEARTBEAT_PER_CALL = (
     "worker internals, not a contract clause: the Worker heartbeats a queue's running jobs in one "
     "statement, but on Citus each oq_heartbeat in it is routed to the worker node on its own and takes "
@@ -423,7 +417,6 @@ CITUS_SECTION_10 = {
     + "test_two_transactions_finishing_jobs_of_two_queues_in_opposite_orders_neither_wait_nor_deadlock": (
         MULTI_SHARD_WRITES_WAIT
     ),
-    _AUDIT + "test_purge_deletes_only_jobs_finished_strictly_before_now_minus_older_than[": NODE_CLOCK,
 }
 
 
