@@ -141,7 +141,24 @@ class ChaosRun:
         worker = WorkerProcess(worker_id, proc, log_path, time.monotonic())
         self.workers.append(worker)
         self.tally.counts["workers started"] += 1
+        self._wait_started(worker)
         return worker
+
+    def _wait_started(self, worker: WorkerProcess, timeout: float = 15.0) -> None:
+        """Until the worker logged worker.started (or exited): the next fault waits for it.
+
+        A worker that cannot reach the database while it starts exits at once
+        with status 3, by design (`openqueue worker` fails fast on what looks
+        like a configuration error). Without this wait, a replacement started
+        right after a kill could meet the outage or restart planned next,
+        and the run would report the harness's own timing as a violation. A
+        worker that exits here is still reported by _check_workers.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and worker.proc.poll() is None:
+            if b"worker.started" in worker.log_path.read_bytes():
+                return
+            time.sleep(0.05)
 
     def start_producers(self) -> None:
         for n in range(self.config.producers):
