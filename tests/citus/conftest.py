@@ -10,14 +10,15 @@ use queue names of their own, so they need no cleanup between them.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 from collections.abc import Iterator
 
 import psycopg
 import pytest
-from worker.conftest import Events
+
+# The worker tests' fixture, for the worker tests run on the cluster here.
+from worker.conftest import events  # noqa: F401
 
 import openqueue_py
 
@@ -41,18 +42,6 @@ def install_distributed(cluster: Cluster, database: str = DATABASE) -> None:
     openqueue_py.install(cluster.dsn(database))
     with psycopg.connect(cluster.dsn(database), autocommit=True) as conn:
         conn.execute("select openqueue.oq_distribute()")
-
-
-@pytest.fixture
-def events() -> Iterator[Events]:
-    logger = logging.getLogger("openqueue.worker")
-    handler = Events()
-    previous = logger.level
-    logger.setLevel(logging.DEBUG)
-    logger.addHandler(handler)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(previous)
 
 
 @pytest.fixture(scope="session")
