@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import time
 
 import psycopg
 from psycopg.types.json import Jsonb
 
+from . import yardstick
 from .common import database, machine, server_version, spawn, summary_ms, wait_until_drained
+
+CTX = mp.get_context("spawn")
 
 
 def measure(dsn: str, jobs: int, gap_s: float, kind: str) -> dict:
@@ -47,6 +51,53 @@ def measure(dsn: str, jobs: int, gap_s: float, kind: str) -> dict:
         worker.wait(timeout=30)
     latencies = [float(result) - committed[job_id] for job_id, result in rows]
     return {"worker": kind, "jobs": len(latencies), "gap_ms": gap_s * 1000, **summary_ms(latencies)}
+
+
+def _hand_rolled(dsn: str, queue: str, ready, out) -> None:
+    """The leanest idle worker: LISTEN on one connection; on a notification, the yardstick's lease."""
+    starts: list[tuple[int, float]] = []
+    with psycopg.connect(dsn, autocommit=True) as listen, psycopg.connect(dsn, autocommit=True) as work:
+        listen.execute("listen yardstick")
+        for _ in range(6):  # past psycopg's prepare threshold, as a worker long up would be
+            work.execute(yardstick.LEASE, (queue, 4)).fetchall()
+        ready.set()
+        for note in listen.notifies():
+            if note.payload == "stop":
+                break
+            while rows := work.execute(yardstick.LEASE, (queue, 4)).fetchall():
+                for job_id, _payload in rows:
+                    starts.append((job_id, time.monotonic()))  # the "handler" starts here
+                    work.execute(yardstick.ACK_ONE, (job_id,))
+    out.put(starts)
+
+
+def measure_hand_rolled(dsn: str, jobs: int, gap_s: float) -> dict:
+    """The same measurement for a hand-rolled queue: the yardstick's INSERT + NOTIFY, its lease."""
+    queue = "latency_yardstick"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        yardstick.setup(conn)
+    ready, out = CTX.Event(), CTX.Queue()
+    proc = CTX.Process(target=_hand_rolled, args=(dsn, queue, ready, out), daemon=True)
+    proc.start()
+    try:
+        if not ready.wait(60):
+            raise RuntimeError("the hand-rolled listener did not start")
+        time.sleep(0.5)
+        committed: dict[int, float] = {}
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for _ in range(jobs):
+                row = conn.execute(yardstick.ENQUEUE_NOTIFY, (queue, Jsonb({}))).fetchone()
+                committed[row[0]] = time.monotonic()  # autocommit: COMMIT has returned
+                time.sleep(gap_s)
+            time.sleep(0.5)
+            conn.execute("select pg_notify('yardstick', 'stop')")
+        starts = out.get(timeout=60)
+    finally:
+        proc.join(timeout=30)
+        if proc.is_alive():
+            proc.terminate()
+    latencies = [started - committed[job_id] for job_id, started in starts if job_id in committed]
+    return {"worker": "hand-rolled", "jobs": len(latencies), "gap_ms": gap_s * 1000, **summary_ms(latencies)}
 
 
 def main() -> None:

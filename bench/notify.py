@@ -12,7 +12,11 @@ rate with the listeners divided by their rate without any (the two
 alternate ``--rounds`` times, listeners started and stopped each time, to
 even out a noisy machine); it is measured
 with the default notify mode and, when ``oq_set_queue_notify`` is installed,
-with ``notify_bench`` set to ``'when_waiting'``.
+with ``notify_bench`` set to ``'when_waiting'``. For information, the same
+pair for a hand-rolled queue: producers running the yardstick's INSERT with
+a ``pg_notify`` in the same transaction, listeners that are bare ``LISTEN
+yardstick`` connections (threads that only read their notifications): what
+a NOTIFY on every enqueue costs with 16 listeners, whoever sends it.
 """
 
 from __future__ import annotations
@@ -21,10 +25,13 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import statistics
+import threading
 import time
 
 import psycopg
+from psycopg.types.json import Jsonb
 
+from . import yardstick
 from .common import database, has_function
 from .results import NA, Row, fmt_rate, ratio, report
 
@@ -33,16 +40,20 @@ QUEUE = "notify_bench"
 OTHER = "notify_other"
 
 
-def _producer(dsn: str, seconds: float, go, out) -> None:
+OQ_ENQUEUE = "select openqueue.oq_enqueue(%s, '{}')"
+
+
+def _producer(dsn: str, sql: str, seconds: float, go, out) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         cur = conn.cursor()
+        args = (QUEUE,) if sql == OQ_ENQUEUE else (QUEUE, Jsonb({}))
         for _ in range(6):
-            cur.execute("select openqueue.oq_enqueue(%s, '{}')", (QUEUE,))
+            cur.execute(sql, args)
         go.wait()
         count = 0
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            cur.execute("select openqueue.oq_enqueue(%s, '{}')", (QUEUE,))
+            cur.execute(sql, args)
             count += 1
     out.put(count)
 
@@ -62,9 +73,25 @@ def _listeners(dsn: str, count: int) -> None:
     asyncio.run(run())
 
 
-def produce(dsn: str, producers: int, seconds: float) -> float:
+def _plain_listeners(dsn: str, count: int) -> None:
+    """The yardstick's listeners: ``count`` bare ``LISTEN yardstick`` connections, one thread each."""
+
+    def listen() -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("listen yardstick")
+            for _ in conn.notifies():
+                pass
+
+    threads = [threading.Thread(target=listen, daemon=True) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def produce(dsn: str, producers: int, seconds: float, sql: str = OQ_ENQUEUE) -> float:
     go, out = CTX.Event(), CTX.Queue()
-    procs = [CTX.Process(target=_producer, args=(dsn, seconds, go, out)) for _ in range(producers)]
+    procs = [CTX.Process(target=_producer, args=(dsn, sql, seconds, go, out)) for _ in range(producers)]
     for proc in procs:
         proc.start()
     time.sleep(1.5)  # connected and warmed up
@@ -83,10 +110,10 @@ def listening(conn: psycopg.Connection) -> int:
     return int(row[0]) if row else 0
 
 
-def start_listeners(dsn: str, conn: psycopg.Connection, listeners: int) -> list:
+def start_listeners(dsn: str, conn: psycopg.Connection, listeners: int, target=_listeners) -> list:
     per_process = 8
     procs = [
-        CTX.Process(target=_listeners, args=(dsn, min(per_process, listeners - start)), daemon=True)
+        CTX.Process(target=target, args=(dsn, min(per_process, listeners - start)), daemon=True)
         for start in range(0, listeners, per_process)
     ]
     for proc in procs:
@@ -118,20 +145,23 @@ def main() -> None:
     with database() as dsn, psycopg.connect(dsn, autocommit=True) as conn:
         modes = has_function(conn, "oq_set_queue_notify")
 
-        def pair() -> tuple[float, float]:
+        def pair(sql: str = OQ_ENQUEUE, target=_listeners) -> tuple[float, float]:
             """Rates without and with listeners, alternated --rounds times; the means."""
             quiet, loud = [], []
             for _ in range(args.rounds):
-                quiet.append(produce(dsn, args.producers, args.seconds))
-                listeners = start_listeners(dsn, conn, args.listeners)
+                quiet.append(produce(dsn, args.producers, args.seconds, sql))
+                listeners = start_listeners(dsn, conn, args.listeners, target)
                 try:
-                    loud.append(produce(dsn, args.producers, args.seconds))
+                    loud.append(produce(dsn, args.producers, args.seconds, sql))
                 finally:
                     stop(listeners)
             return statistics.fmean(quiet), statistics.fmean(loud)
 
         quiet, loud = pair()
         print(f"  default mode: {quiet:,.0f} jobs/s alone, {loud:,.0f} jobs/s with listeners")
+        yardstick.setup(conn)
+        quiet_ys, loud_ys = pair(yardstick.ENQUEUE_NOTIFY, _plain_listeners)
+        print(f"  yardstick: {quiet_ys:,.0f} jobs/s alone, {loud_ys:,.0f} jobs/s with listeners")
         if modes:
             conn.execute("select openqueue.oq_set_queue_notify(%s, %s)", (QUEUE, "when_waiting"))
             quiet_ww, loud_ww = pair()
@@ -159,10 +189,20 @@ def main() -> None:
         else:
             row = Row("8. the same, queue notify mode 'when_waiting'", NA)
         rows.append(row)
+        rows.append(
+            Row(
+                "8. yardstick INSERT + NOTIFY, 16 bare LISTEN connections / none",
+                fmt_rate(loud_ys),
+                fmt_rate(quiet_ys),
+                f"{ratio(loud_ys, quiet_ys):.0%}",
+            )
+        )
         description = (
             "8 producer processes, one oq_enqueue per transaction, 5 s; with 16 idle AsyncWorkers (LISTEN "
             "openqueue, another queue) vs with no listener. The yardstick column is the rate with no "
-            "listener."
+            "listener. The info row is the same measurement for a hand-rolled queue: the yardstick's "
+            "INSERT and a pg_notify in one transaction, with 16 bare `LISTEN yardstick` connections (2 "
+            "processes x 8 threads, each only reading its notifications) vs none."
         )
         report("8. NOTIFY cost", description, rows, dsn)
 

@@ -59,6 +59,11 @@ LEASE = (
 ACK_ONE = "delete from yardstick.jobs where id = %s"
 ACK_MANY = "delete from yardstick.jobs where id = any(%s)"
 ENQUEUE = "insert into yardstick.jobs (queue, payload) values (%s, %s) returning id"
+# The same, with the wake-up a queue owes its listeners (contract: NOTIFY on every enqueue).
+ENQUEUE_NOTIFY = (
+    "with j as (insert into yardstick.jobs (queue, payload) values (%s, %s) returning id, queue) "
+    "select j.id, pg_notify('yardstick', j.queue) from j"
+)
 ENQUEUE_BATCH = (
     "insert into yardstick.jobs (queue, payload) "
     "select %s, e.value from jsonb_array_elements(%s) as e returning id"
