@@ -8406,10 +8406,14 @@ $oq_0006$;
 -- force_generic_plan) would save about 0.07 ms more per lease, since the
 -- claim's plan is custom (LIMIT batch_size is a parameter, which a generic
 -- plan estimates as 10 % of the table). But a generic plan is made once per
--- session, from the statistics of that moment: made on an empty or small
--- table it is a sequential scan and a sort, and it stays one while the queue
--- grows to millions of jobs, until the next relcache invalidation. A custom
--- plan is made from the table's current size at every call.
+-- session from the statistics of that moment: made on an empty or small
+-- table it is a sequential scan and a sort, and it stays one while the
+-- queue grows to millions of jobs, until the next relcache invalidation.
+-- Pinning its shape with enable_seqscan and enable_sort off does not save
+-- it either: the 10 % estimate on a large table, or one disabled node,
+-- lifts the plan's cost over jit_above_cost, and every lease then compiles
+-- JIT code (115 ms a call, measured). A custom plan is made from the
+-- table's current size at every call and never costs that much.
 
 -- Version 5's oq_lease, with the checks in one expression and the promotion
 -- of jobs fallen due run only when there is one.
