@@ -36,7 +36,10 @@ In this order, on one server:
    on index buffers: at most 50 + 10 x batch (a scan that steps over the
    future entries reads about one buffer per few hundred of them: ~11,000
    for 1,000,000). idx_tup_read is printed too but counts only the entries
-   the scan returns, not those it steps over, so it cannot show this.
+   the scan returns, not those it steps over, so it cannot show this. The
+   table buffers (heap_blks_hit + heap_blks_read, pg_statio_user_tables)
+   are held to the same bound: a statement of the call that scans the table
+   reads no index at all (197,000 table buffers and 1 s a call, once).
 
 The embedded server gets ``max_wal_size = 16GB`` and ``checkpoint_timeout =
 30min`` so that the bulk loads are not a string of checkpoints (durability
@@ -185,23 +188,30 @@ def lease_latency(dsn: str, queue: str, batch: int, calls: int) -> Latency:
     return Latency(percentile(times, 50), percentile(times, 99))
 
 
-def index_counters(conn: psycopg.Connection) -> tuple[int, int]:
+def index_counters(conn: psycopg.Connection) -> tuple[int, int, int]:
+    """Index entries returned, index buffers and table buffers read so far in schema openqueue."""
     conn.execute("select pg_stat_clear_snapshot()")
     row = conn.execute(
-        "select coalesce(sum(s.idx_tup_read), 0), coalesce(sum(io.idx_blks_hit + io.idx_blks_read), 0) "
+        "select coalesce(sum(s.idx_tup_read), 0), coalesce(sum(io.idx_blks_hit + io.idx_blks_read), 0), "
+        "(select coalesce(sum(t.heap_blks_hit + t.heap_blks_read), 0) from pg_statio_user_tables as t "
+        "where t.schemaname = 'openqueue') "
         "from pg_stat_user_indexes as s join pg_statio_user_indexes as io using (indexrelid) "
         "where s.schemaname = 'openqueue'"
     ).fetchone()
-    return (int(row[0]), int(row[1])) if row else (0, 0)
+    return (int(row[0]), int(row[1]), int(row[2])) if row else (0, 0, 0)
 
 
-def index_reads(dsn: str, queue: str, batch: int, tries: int = 3) -> tuple[int, int, float]:
-    """Index entries returned, index buffers read and latency of one warmed-up oq_lease call.
+def index_reads(dsn: str, queue: str, batch: int, tries: int = 3) -> tuple[int, int, int, float]:
+    """Index entries returned, index buffers, table buffers and latency of one warmed-up oq_lease call.
+
+    Table buffers too: a statement of the call that scanned the table
+    instead of an index would read no index buffer at all (a probe written
+    as an EXISTS did, at 1 s a call, before schema version 7 was released).
 
     The counters are server-wide, so a concurrent autovacuum of the same
     tables would add its own reads: the least of ``tries`` measurements.
     """
-    best: tuple[int, int, float] | None = None
+    best: tuple[int, int, int, float] | None = None
     with psycopg.connect(dsn, autocommit=True) as probe, psycopg.connect(dsn, autocommit=True) as watch:
         sql = "select count(*) from openqueue.oq_lease(%s, 'bench-probe', null, %s)"
         for _ in range(3):
@@ -209,15 +219,15 @@ def index_reads(dsn: str, queue: str, batch: int, tries: int = 3) -> tuple[int, 
         for _ in range(tries):
             probe.execute("select pg_stat_force_next_flush()")
             time.sleep(0.3)
-            entries, buffers = index_counters(watch)
+            entries, buffers, heap = index_counters(watch)
             started = time.perf_counter()
             probe.execute(sql, (queue, batch))
             elapsed = time.perf_counter() - started
             probe.execute("select pg_stat_force_next_flush()")
             time.sleep(0.3)
-            after_entries, after_buffers = index_counters(watch)
-            measured = (after_entries - entries, after_buffers - buffers, elapsed)
-            if best is None or measured[1] < best[1]:
+            after_entries, after_buffers, after_heap = index_counters(watch)
+            measured = (after_entries - entries, after_buffers - buffers, after_heap - heap, elapsed)
+            if best is None or measured[1] + measured[2] < best[1] + best[2]:
                 best = measured
     assert best is not None
     return best
@@ -396,13 +406,14 @@ def main() -> None:
                 )
             )
         for b in (1, 16):
-            entries, buffers, elapsed = reads[b]
+            entries, buffers, heap, elapsed = reads[b]
             rows.append(
                 Row(
                     f"6b. index reads of one oq_lease, batch {b}, {args.future:,} future jobs ahead",
-                    f"{buffers:,} index buffers ({entries:,} entries returned), {fmt_ms(elapsed)}",
-                    target=f"<= {50 + 10 * b} buffers",
-                    passed=buffers <= 50 + 10 * b,
+                    f"{buffers:,} index buffers ({entries:,} entries returned), {heap:,} table buffers, "
+                    f"{fmt_ms(elapsed)}",
+                    target=f"<= {50 + 10 * b} buffers each",
+                    passed=buffers <= 50 + 10 * b and heap <= 50 + 10 * b,
                 )
             )
         rows.append(

@@ -189,6 +189,41 @@ def test_lease_reads_o_batch_entries_with_many_future_higher_priority_jobs(futur
     assert [i for i, _ in leased] == sorted(i for i, _ in leased)
 
 
+@pytest.fixture
+def busy_queue(conn: psycopg.Connection) -> psycopg.Connection:
+    """50,000 due jobs and 5,000 scheduled for tomorrow, analyzed but not vacuumed (between vacuums)."""
+    conn.execute(
+        "select count(*) from openqueue.oq_enqueue_batch('emails', "
+        "(select jsonb_agg(g) from generate_series(1, 5000) as g), run_at => now() + interval '1 day')"
+    )
+    conn.execute(
+        "select count(*) from openqueue.oq_enqueue_batch('emails', "
+        "(select jsonb_agg(g) from generate_series(1, 50000) as g))"
+    )
+    conn.execute("analyze openqueue.live_jobs")
+    return conn
+
+
+def test_one_lease_call_stays_index_descents_on_a_busy_queue(busy_queue) -> None:
+    """The whole oq_lease call, not only its claim, reads O(batch) buffers.
+
+    Version 7 looks for a job fallen due before it promotes. Written as an
+    EXISTS, that probe was a sequential scan here (the planner expects one
+    of the many scheduled-or-due rows to match at once; none does): 1,058
+    buffers on this table, 1 s at 11,000,000 rows. The buffers of a
+    function scan include those of every statement the function runs.
+    """
+    conn = busy_queue
+    lease = "select * from openqueue.oq_lease('emails', 'w', batch_size => 10)"
+    with conn.transaction(force_rollback=True):
+        conn.execute(lease)  # warm: the session's first call also reads the catalogs
+    with conn.transaction(force_rollback=True):
+        buffers, plan = _buffers(conn, lease)
+    assert re.search(r"\(actual .*rows=10(\.00)? ", plan), plan
+    # About 100 (settings, the probe, the claim, the UPDATE of 10 rows); the seq scan read 1,000 more.
+    assert buffers < 300, plan
+
+
 def test_lease_promotes_jobs_whose_time_has_come_in_lease_order(conn: psycopg.Connection) -> None:
     """Jobs promoted from the scheduled index take their exact place among the already-due ones."""
     ids = {}

@@ -15,8 +15,8 @@
 --   oq_enqueue (0.157 -> 0.138 ms).
 -- * oq_lease ran openqueue._promote_due, an UPDATE, on every call, to move
 --   jobs whose run_at has come into the lease index. It now looks first
---   whether the queue has such a job (one descent of live_jobs_scheduled)
---   and runs the UPDATE only then.
+--   for the queue's earliest such job (one descent of live_jobs_scheduled
+--   in run_at order) and runs the UPDATE only when there is one.
 --
 -- Measured but not done: a generic plan for the claim (plan_cache_mode =
 -- force_generic_plan) would save about 0.07 ms more per lease, since the
@@ -60,6 +60,7 @@ declare
     v_flow record;
     v_leased integer;
     v_seed text;
+    v_due_since timestamptz;
 begin
     -- The usual call passes every check at once: one expression, evaluated
     -- without a query. Any other call runs the checks one by one (they raise,
@@ -125,16 +126,20 @@ begin
         -- place among the jobs that were due already. All of them, in chunks: a
         -- job of higher priority may be the last to fall due, and the lease
         -- order is the contract's. Each job is promoted once, so the work is
-        -- spread over leases as jobs fall due. Whether any has is one index
-        -- descent of live_jobs_scheduled: the UPDATE runs only then.
-        if exists (
-            select
-            from openqueue.live_jobs as s
-            where s.queue_name = oq_lease.queue_name
-              and s.status in ('pending', 'failed')
-              and not s.due
-              and s.run_at <= now()
-        ) then
+        -- spread over leases as jobs fall due. Whether any has is one descent
+        -- of live_jobs_scheduled, in run_at order: the UPDATE runs only then.
+        -- (Not an EXISTS: with a million jobs scheduled for later the planner
+        -- expects one to match soon and picks a sequential scan, which then
+        -- reads the whole table, 1 s at 11,000,000 rows.)
+        select s.run_at into v_due_since
+        from openqueue.live_jobs as s
+        where s.queue_name = oq_lease.queue_name
+          and s.status in ('pending', 'failed')
+          and not s.due
+          and s.run_at <= now()
+        order by s.run_at
+        limit 1;
+        if found then
             loop
                 exit when openqueue._promote_due(oq_lease.queue_name, 10000) < 10000;
             end loop;
