@@ -15,6 +15,7 @@ the producer sees its commit return).
 from __future__ import annotations
 
 import argparse
+import re
 import threading
 import time
 
@@ -50,7 +51,8 @@ def main() -> None:
         try:
             return await run(self, call)
         finally:
-            name = call.query.split("(")[0].split()[-1].removeprefix("openqueue.")
+            called = re.findall(r"openqueue\.(oq_\w+)", call.query)
+            name = "+".join(called) or call.query.split()[1]
             marks.append((name, started, time.monotonic()))
 
     fetcher.Fetcher.mark_ready = traced_mark_ready  # type: ignore[method-assign]
