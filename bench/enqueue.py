@@ -92,23 +92,21 @@ def main() -> None:
             args.seconds,
             args.rounds,
         )
-        rows = []
-        for label, (oq, ys) in (
-            ("4. enqueue, one per transaction", single),
-            ("4. enqueue, 1,000 per oq_enqueue_batch call", batched),
-        ):
-            r = ratio(oq, ys)
-            rows.append(Row(label, fmt_rate(oq), fmt_rate(ys), f"{r:.2f}x", ">= 0.90x", r >= 0.9))
-            if label.startswith("4. enqueue, one"):
-                n = ratio(*notify)
-                rows.append(
-                    Row(
-                        "4. yardstick INSERT + NOTIFY in one transaction",
-                        fmt_rate(notify[0]),
-                        fmt_rate(notify[1]),
-                        f"{n:.2f}x",
-                    )
-                )
+
+        def target_row(label: str, rates: tuple[float, float]) -> Row:
+            r = ratio(*rates)
+            return Row(label, fmt_rate(rates[0]), fmt_rate(rates[1]), f"{r:.2f}x", ">= 0.90x", r >= 0.9)
+
+        rows = [
+            target_row("4. enqueue, one per transaction", single),
+            Row(
+                "4. yardstick INSERT + NOTIFY in one transaction",
+                fmt_rate(notify[0]),
+                fmt_rate(notify[1]),
+                f"{ratio(*notify):.2f}x",
+            ),
+            target_row("4. enqueue, 1,000 per oq_enqueue_batch call", batched),
+        ]
         description = (
             "One producer connection, autocommit; OpenQueue and the yardstick alternate (--rounds 2, "
             "--seconds 4 each). Yardstick: `INSERT ... RETURNING id` per transaction; "

@@ -40,13 +40,15 @@ QUEUE = "notify_bench"
 OTHER = "notify_other"
 
 
-OQ_ENQUEUE = "select openqueue.oq_enqueue(%s, '{}')"
+# A producer's statement and its arguments: OpenQueue's enqueue, or the yardstick's INSERT + NOTIFY.
+OQ_ENQUEUE = ("select openqueue.oq_enqueue(%s, '{}')", (QUEUE,))
+YARDSTICK_ENQUEUE = (yardstick.ENQUEUE_NOTIFY, (QUEUE, Jsonb({})))
 
 
-def _producer(dsn: str, sql: str, seconds: float, go, out) -> None:
+def _producer(dsn: str, statement: tuple, seconds: float, go, out) -> None:
+    sql, args = statement
     with psycopg.connect(dsn, autocommit=True) as conn:
         cur = conn.cursor()
-        args = (QUEUE,) if sql == OQ_ENQUEUE else (QUEUE, Jsonb({}))
         for _ in range(6):
             cur.execute(sql, args)
         go.wait()
@@ -89,9 +91,9 @@ def _plain_listeners(dsn: str, count: int) -> None:
         thread.join()
 
 
-def produce(dsn: str, producers: int, seconds: float, sql: str = OQ_ENQUEUE) -> float:
+def produce(dsn: str, producers: int, seconds: float, statement: tuple = OQ_ENQUEUE) -> float:
     go, out = CTX.Event(), CTX.Queue()
-    procs = [CTX.Process(target=_producer, args=(dsn, sql, seconds, go, out)) for _ in range(producers)]
+    procs = [CTX.Process(target=_producer, args=(dsn, statement, seconds, go, out)) for _ in range(producers)]
     for proc in procs:
         proc.start()
     time.sleep(1.5)  # connected and warmed up
@@ -145,14 +147,14 @@ def main() -> None:
     with database() as dsn, psycopg.connect(dsn, autocommit=True) as conn:
         modes = has_function(conn, "oq_set_queue_notify")
 
-        def pair(sql: str = OQ_ENQUEUE, target=_listeners) -> tuple[float, float]:
+        def pair(statement: tuple = OQ_ENQUEUE, target=_listeners) -> tuple[float, float]:
             """Rates without and with listeners, alternated --rounds times; the means."""
             quiet, loud = [], []
             for _ in range(args.rounds):
-                quiet.append(produce(dsn, args.producers, args.seconds, sql))
+                quiet.append(produce(dsn, args.producers, args.seconds, statement))
                 listeners = start_listeners(dsn, conn, args.listeners, target)
                 try:
-                    loud.append(produce(dsn, args.producers, args.seconds, sql))
+                    loud.append(produce(dsn, args.producers, args.seconds, statement))
                 finally:
                     stop(listeners)
             return statistics.fmean(quiet), statistics.fmean(loud)
@@ -160,7 +162,7 @@ def main() -> None:
         quiet, loud = pair()
         print(f"  default mode: {quiet:,.0f} jobs/s alone, {loud:,.0f} jobs/s with listeners")
         yardstick.setup(conn)
-        quiet_ys, loud_ys = pair(yardstick.ENQUEUE_NOTIFY, _plain_listeners)
+        quiet_ys, loud_ys = pair(YARDSTICK_ENQUEUE, _plain_listeners)
         print(f"  yardstick: {quiet_ys:,.0f} jobs/s alone, {loud_ys:,.0f} jobs/s with listeners")
         if modes:
             conn.execute("select openqueue.oq_set_queue_notify(%s, %s)", (QUEUE, "when_waiting"))
