@@ -714,6 +714,15 @@ def next_run_in(queue_names: Sequence[str]) -> Call[float | None]:
     )
 
 
+def limited_queues(queue_names: Sequence[str]) -> Call[set[str]]:
+    """Which of these queues have a max_running or a rate_limit (oq_limited_queues)."""
+    return Call(
+        "select openqueue.oq_limited_queues(queue_names => %(queue_names)s::text[])",
+        {"queue_names": list(queue_names)},
+        lambda rows: set(rows[0][0]) if rows and rows[0][0] is not None else set(),
+    )
+
+
 # -- flow control (contract section 8) -----------------------------------------------------
 
 

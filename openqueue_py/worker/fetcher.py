@@ -31,12 +31,16 @@
   such queues then wake it by polling only.
 * Flow control (``oq_set_queue_limits``): a lease that comes back short may
   mean a queue held at ``max_running`` or at its rate limit rather than a
-  drained one. If it brought jobs, or this worker holds jobs of that queue,
-  the queue is retried after ``FLOW_RETRY_MIN``, doubling while the retries
-  bring nothing (up to ``poll_interval``), and at once when one of its jobs
-  held here finishes. Once the delay passes ``poll_interval`` with none of
-  its jobs held here, notifications and the poll take over. So the retries
-  after a short lease are a logarithmic ladder, never a loop.
+  drained one, and nothing notifies when such a queue may lease again. So
+  for a queue with limits (``oq_limited_queues``, asked at start and at
+  every poll), if the short lease brought jobs or this worker holds jobs of
+  that queue, the queue is retried after ``FLOW_RETRY_MIN``, doubling while
+  the retries bring nothing (up to ``poll_interval``), and at once when one
+  of its jobs held here finishes. Once the delay passes ``poll_interval``
+  with none of its jobs held here, notifications and the poll take over.
+  So the retries after a short lease are a logarithmic ladder, never a
+  loop; a queue without limits has none (its short lease means drained),
+  and until the database has answered, every queue counts as limited.
 """
 
 from __future__ import annotations
@@ -171,6 +175,10 @@ class Fetcher:
         self._failure: BaseException | None = None
         self._succeeded = False
         self._wait_renew_at = 0.0  # monotonic; math.inf once oq_wait was refused
+        # Our queues with a max_running or a rate_limit; None: not known (all count as limited).
+        self._limited: set[str] | None = None
+        self._limits_stale = True  # ask oq_limited_queues before the next lease round
+        self._limits_refused = False
         # Flow control: queue -> (retry at, delay, jobs of it held here when armed).
         self._retry: dict[str, tuple[float, float, int]] = {}
 
@@ -294,6 +302,10 @@ class Fetcher:
             if now >= self._poll_due:
                 self.mark_all_ready()
                 self._poll_due = now + core.poll_interval
+                self._limits_stale = not self._limits_refused
+            if self._limits_stale:
+                self._limits_stale = False
+                await self._check_limits()
             if self._timer_due is not None and now >= self._timer_due:
                 self.mark_all_ready()
                 self._timer_due = None
@@ -348,7 +360,6 @@ class Fetcher:
         self._reserved += want
         self._calls_per_queue[queue] += 1
         self._in_flight += 1
-        self._schedule_stale = True
         return Rider(self, queue, want)
 
     def _launch(self, queue: str, want: int) -> None:
@@ -410,6 +421,8 @@ class Fetcher:
         previous = self._retry.pop(queue, None)
         if got == want:
             return
+        if self._limited is not None and queue not in self._limited:
+            return  # no limits: a short lease means drained; notifications and the poll
         held = self._held(queue)
         poll = self._core.poll_interval
         if got or (previous is not None and held < previous[2]):
@@ -444,6 +457,25 @@ class Fetcher:
             return
         self._wait_renew_at = time.monotonic() + WAIT_SECONDS / 2
         self.mark_all_ready()
+
+    async def _check_limits(self) -> None:
+        """Which of our queues have limits (see the module docstring); on failure, what we knew."""
+        core = self._core
+        try:
+            self._limited = await core.conns.run(_sql.limited_queues(self._queues))
+        except TRANSIENT:
+            return  # asked again at the next poll; the lease loop reports outages
+        except psycopg.Error as exc:
+            # A role granted the worker's functions one by one, without this
+            # one: every queue keeps counting as limited, as before version 8.
+            self._limits_refused = True
+            self._limited = None
+            log(
+                logging.INFO,
+                "worker.limits_unavailable",
+                worker_id=core.worker_id,
+                error=f"{type(exc).__name__}: {exc}".strip(),
+            )
 
     async def _check_schedule(self) -> None:
         """Sleep no longer than until the earliest future run_at of our queues."""

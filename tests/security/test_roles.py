@@ -33,6 +33,8 @@ WORKER = {
     "oq_settled",
     # contract section 10: the worker finds the Citus nodes to LISTEN on
     "oq_nodes",
+    # schema version 8: which queues have flow-control limits (the retry ladder)
+    "oq_limited_queues",
     # contract section 7: workers fire schedules
     "oq_tick",
     "oq_cron_next",

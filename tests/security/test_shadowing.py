@@ -84,6 +84,7 @@ SCENARIO: list[tuple[str, str]] = [
     ("pause", "select openqueue.oq_pause_queue('s')"),
     ("resume", "select openqueue.oq_resume_queue('s')"),
     ("limits", "select openqueue.oq_set_queue_limits('s', max_running => 100, rate_limit => 1000)"),
+    ("limited", "select openqueue.oq_limited_queues(array['s', 'other'])"),
     ("notify mode", "select openqueue.oq_set_queue_notify('s', 'when_waiting')"),
     ("settings", "select * from openqueue.oq_queue_settings()"),
     ("wait", "select openqueue.oq_wait(array['s'], 'w1', 30)"),
@@ -110,6 +111,7 @@ SCENARIO: list[tuple[str, str]] = [
     ("lease", "select * from openqueue.oq_lease('s', 'w1', batch_size => 10)"),
     ("lease none", "select * from openqueue.oq_lease('s', 'w1')"),
     ("unlimit", "select openqueue.oq_set_queue_limits('s')"),
+    ("unlimited", "select openqueue.oq_limited_queues(array['s', 'other'])"),
     (
         "heartbeat",
         f"select openqueue.oq_heartbeat(1, {token(1)}, 60)",

@@ -551,3 +551,25 @@ def test_queue_settings_lists_every_configured_queue_with_defaults_filled_in(con
     after = {r[0]: r for r in conn.execute("select * from openqueue.oq_queue_settings()").fetchall()}
     assert after["limited"][8:10] == (None, None)
     assert after["held"][7] is False
+
+
+def limited(conn, *queues: str) -> list[str]:
+    return conn.execute("select openqueue.oq_limited_queues(%s::text[])", [list(queues)]).fetchone()[0]
+
+
+def test_limited_queues_names_those_with_a_limit_among_those_asked(conn):
+    set_limits(conn, "capped", max_running=2)
+    set_limits(conn, "paced", rate_limit=10)
+    set_limits(conn, "other", max_running=1)  # limited, but not asked about
+    pause(conn, "held")  # paused is not limited: oq_resume_queue notifies
+    conn.execute("select openqueue.oq_configure_queue('conf', max_attempts => 9)")
+    assert limited(conn, "plain", "paced", "held", "capped", "conf") == ["capped", "paced"]
+    assert limited(conn, "plain") == []
+    assert limited(conn) == []
+    set_limits(conn, "capped")  # both limits cleared
+    assert limited(conn, "capped", "paced") == ["paced"]
+
+
+def test_limited_queues_refuses_a_null_array(conn):
+    with pytest.raises(psycopg.errors.NullValueNotAllowed, match="queue_names"):
+        conn.execute("select openqueue.oq_limited_queues(null)")

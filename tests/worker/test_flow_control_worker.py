@@ -22,15 +22,21 @@ from .conftest import make_worker, running, status_counts, wait_until
 
 @pytest.fixture
 def lease_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """Every oq_lease call the worker makes, by queue."""
+    """Every oq_lease call the worker makes, by queue: alone, or carried by an ack flush."""
     calls: dict[str, int] = {}
-    original = _sql.lease_timed
+    alone, carried = _sql.lease_timed, _sql.ack_many_and_lease
 
     def counted(queue_name: str, *args: Any, **kwargs: Any) -> Any:
         calls[queue_name] = calls.get(queue_name, 0) + 1
-        return original(queue_name, *args, **kwargs)
+        return alone(queue_name, *args, **kwargs)
+
+    def counted_carried(*args: Any, **kwargs: Any) -> Any:
+        queue_name = args[3] if len(args) > 3 else kwargs["queue_name"]
+        calls[queue_name] = calls.get(queue_name, 0) + 1
+        return carried(*args, **kwargs)
 
     monkeypatch.setattr(_sql, "lease_timed", counted)
+    monkeypatch.setattr(_sql, "ack_many_and_lease", counted_carried)
     return calls
 
 
@@ -87,6 +93,55 @@ def test_a_queue_at_max_running_costs_a_bounded_number_of_lease_calls(
     # A retry ladder from 50 ms doubling: a handful of calls in 3 s; a busy loop: thousands.
     assert during <= 30, during
     assert most[0] == 1  # never two jobs of the queue at once
+
+
+def test_a_short_lease_of_a_queue_without_limits_is_not_retried(
+    dsn: str, conn: psycopg.Connection, lease_calls: dict[str, int]
+) -> None:
+    # One job at a time, as an idle worker sees sporadic work: each lease
+    # asks for 4 and gets 1. The queue has no limits, so that short lease
+    # means drained; a limited queue would be retried after 50, 100, 200,
+    # 400 and 800 ms (the ladder) within the 1.6 s watched below.
+    with Client(dsn) as client:
+        worker = make_worker(dsn, {"plain": lambda job: None}, concurrency=4, poll_interval=60.0)
+        with running(worker):
+            wait_until(
+                lambda: conn.execute(
+                    "select 1 from openqueue.queue_waiters where worker_id = %s", (worker.worker_id,)
+                ).fetchone(),
+                what="the worker to start waiting (its start-up leases done)",
+            )
+            for n in range(1, 4):
+                client.enqueue("plain", {"n": n})
+                wait_until(lambda n=n: status_counts(conn).get("completed") == n, what=f"job {n} to complete")
+                before = lease_calls.get("plain", 0)
+                time.sleep(1.6)
+                assert lease_calls.get("plain", 0) == before, f"job {n}: {lease_calls}"
+
+
+def test_limits_set_while_a_worker_runs_are_learnt_at_its_next_poll(
+    dsn: str, conn: psycopg.Connection, lease_calls: dict[str, int]
+) -> None:
+    release = threading.Event()
+
+    def handle(job: Any) -> None:
+        if job.payload == 0:
+            release.wait(30)
+
+    with Client(dsn) as client:
+        worker = make_worker(dsn, {"late": handle}, concurrency=4, poll_interval=0.5)
+        with running(worker):
+            client.set_queue_limits("late", max_running=1)
+            time.sleep(1.2)  # two polls: the worker now knows the queue is limited
+            client.enqueue_batch("late", [0, 1, 2])
+            wait_until(lambda: status_counts(conn).get("processing") == 1, what="job 0 to start")
+            # Held back by max_running with a job of the queue held here: the
+            # ladder retries it (the poll alone would be one call per 0.5 s).
+            before = lease_calls.get("late", 0)
+            time.sleep(0.4)
+            assert lease_calls.get("late", 0) - before >= 2, lease_calls
+            release.set()
+            wait_until(lambda: status_counts(conn).get("completed") == 3, what="every job to complete")
 
 
 def test_a_rate_limited_queue_drains_without_a_loop(
