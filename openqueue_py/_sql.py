@@ -423,6 +423,12 @@ def next_run_at(queue_names: Sequence[str]) -> Call[datetime | None]:
     return _call("oq_next_run_at", _required(args, "queue_names"), _scalar)
 
 
+def limited_queues(queue_names: Sequence[str]) -> Call[list[str]]:
+    """Which of these queues have a max_running or a rate_limit, sorted (oq_limited_queues)."""
+    args = {"queue_names": _texts(queue_names, "queue_names")}
+    return _call("oq_limited_queues", _required(args, "queue_names"), lambda rows: list(_scalar(rows) or []))
+
+
 def set_queue_max_payload(queue_name: str, max_bytes: int | None) -> Call[None]:
     args = {"queue_name": _text(queue_name, "queue_name"), "max_bytes": _integer(max_bytes, "max_bytes")}
     return _call("oq_set_queue_max_payload", _required(args, "queue_name"), lambda rows: None)
@@ -711,15 +717,6 @@ def next_run_in(queue_names: Sequence[str]) -> Call[float | None]:
         "::float8",
         {"queue_names": list(queue_names)},
         _scalar,
-    )
-
-
-def limited_queues(queue_names: Sequence[str]) -> Call[set[str]]:
-    """Which of these queues have a max_running or a rate_limit (oq_limited_queues)."""
-    return Call(
-        "select openqueue.oq_limited_queues(queue_names => %(queue_names)s::text[])",
-        {"queue_names": list(queue_names)},
-        lambda rows: set(rows[0][0]) if rows and rows[0][0] is not None else set(),
     )
 
 

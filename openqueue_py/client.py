@@ -307,6 +307,12 @@ class Client:
     ) -> datetime | None:
         return self._run(_sql.next_run_at(queue_names), conn)
 
+    def limited_queues(
+        self, queue_names: Sequence[str], *, conn: psycopg.Connection | None = None
+    ) -> list[str]:
+        """Which of queue_names have a max_running or a rate_limit, sorted (``oq_limited_queues``)."""
+        return self._run(_sql.limited_queues(queue_names), conn)
+
     def set_queue_max_payload(
         self, queue_name: str, max_bytes: int | None = None, *, conn: psycopg.Connection | None = None
     ) -> None:

@@ -304,6 +304,12 @@ class AsyncClient:
     ) -> datetime | None:
         return await self._run(_sql.next_run_at(queue_names), conn)
 
+    async def limited_queues(
+        self, queue_names: Sequence[str], *, conn: psycopg.AsyncConnection | None = None
+    ) -> list[str]:
+        """Which of queue_names have a max_running or a rate_limit, sorted (``oq_limited_queues``)."""
+        return await self._run(_sql.limited_queues(queue_names), conn)
+
     async def set_queue_max_payload(
         self, queue_name: str, max_bytes: int | None = None, *, conn: psycopg.AsyncConnection | None = None
     ) -> None:

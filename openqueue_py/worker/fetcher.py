@@ -462,7 +462,7 @@ class Fetcher:
         """Which of our queues have limits (see the module docstring); on failure, what we knew."""
         core = self._core
         try:
-            self._limited = await core.conns.run(_sql.limited_queues(self._queues))
+            self._limited = set(await core.conns.run(_sql.limited_queues(self._queues)))
         except TRANSIENT:
             return  # asked again at the next poll; the lease loop reports outages
         except psycopg.Error as exc:
