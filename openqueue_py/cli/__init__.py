@@ -13,7 +13,6 @@ commands and the worker are here.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import importlib
 import json
@@ -481,6 +480,7 @@ def worker_command(
     a clean shutdown.
     """
     from ..worker import AsyncWorker, LogFormatter, Worker, _is_async_callable
+    from ..worker.eventloop import run as run_loop
 
     # Like `python -m`, find handler modules in the current directory.
     if os.getcwd() not in sys.path and "" not in sys.path:
@@ -521,7 +521,7 @@ def worker_command(
         with reported():
             if kinds == {True}:
                 async_worker = AsyncWorker(dsn, handlers, **options)
-                asyncio.run(async_worker.run())
+                run_loop(async_worker.run())  # the CLI owns this loop: uvloop's where installed
             else:
                 Worker(dsn, handlers, **options).run()
     except KeyboardInterrupt:

@@ -13,7 +13,6 @@ events, their levels and meanings are listed in README.md ("Logging").
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -22,6 +21,8 @@ from ..errors import WorkerError
 from ..models import Job
 from ._core import Core
 from .control import Fail, Retry
+from .eventloop import LoopFactory
+from .eventloop import run as run_loop
 from .executor import AsyncExecutor, Executor, ThreadExecutor, is_async_callable
 from .logging import LogFormatter
 
@@ -180,11 +181,15 @@ class Worker(_Face):
     def _executor(self, concurrency: int) -> ThreadExecutor:
         return ThreadExecutor(concurrency)
 
-    def run(self) -> None:
+    def run(self, *, loop_factory: LoopFactory | None = None) -> None:
         """Process jobs until stopped; return once in-flight jobs are done (or grace expired).
 
         Runs an event loop of its own, so it works in any thread that has none
-        running (signal handlers only in the main thread). Errors a retry may
+        running (signal handlers only in the main thread): uvloop's where it
+        is installed (a dependency of the package on CPython outside
+        Windows), else asyncio's; ``loop_factory`` (as for
+        ``asyncio.Runner``) chooses another, e.g. ``asyncio.new_event_loop``.
+        The handlers run on the slot threads either way. Errors a retry may
         cure (a lost connection, a restart, a serialization failure) never end
         it. What no retry cures ends it with one line: at startup, within
         ``connect_timeout``, :class:`ConnectionFailed` (host, port, role,
@@ -194,7 +199,7 @@ class Worker(_Face):
         :class:`NotInstalled` or :class:`WorkerError` (the schema dropped, a
         privilege revoked, a configuration the database refuses).
         """
-        asyncio.run(self._core.run())
+        run_loop(self._core.run(), loop_factory)
 
 
 class AsyncWorker(_Face):
