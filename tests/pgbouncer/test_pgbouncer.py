@@ -95,6 +95,7 @@ def _every_method(client: Client) -> set[str]:
     assert call("resume_queue", "pb") is True
     assert call("set_queue_limits", "pb", max_running=1) is None
     assert {s.queue_name: s.max_running for s in call("queue_settings")}["pb"] == 1
+    assert call("limited_queues", ["pb", "other"]) == ["pb"]
     # contract section 10, on one PostgreSQL: no nodes, and distribute says Citus is missing
     assert call("nodes") == []
     with pytest.raises(psycopg.errors.FeatureNotSupported):
