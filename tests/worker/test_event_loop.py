@@ -36,7 +36,9 @@ def _run_one_job(dsn: str, conn: psycopg.Connection, loop_factory) -> list[async
     return created
 
 
-@pytest.mark.skipif(not HAS_UVLOOP, reason="uvloop is not installed here (it does not build on Windows or PyPy)")
+@pytest.mark.skipif(
+    not HAS_UVLOOP, reason="uvloop is not installed here (it does not build on Windows or PyPy)"
+)
 def test_by_default_the_worker_runs_on_uvloop(dsn: str, conn: psycopg.Connection) -> None:
     import uvloop
 
