@@ -5,8 +5,8 @@ an event loop of its own; an :class:`~openqueue_py.AsyncWorker` runs on its
 caller's. The core is a few statements per batch of jobs plus their
 hand-offs, so the loop's own cost per turn, per timer and per socket wait is
 what its Python time is made of: with uvloop (libuv, in C) psycopg's async
-execute costs about 65 us of CPU against about 80 with asyncio's loop, and
-the ``make bench`` drains moved by about +10 % (see bench/README.md).
+execute costs about 65 us of CPU against about 80 with asyncio's loop; the
+drains of ``make bench`` gain 0 to 18 % (see bench/README.md).
 uvloop is a dependency of the package wherever it builds (CPython, not
 Windows); elsewhere asyncio's loop serves, with the same behaviour.
 """
