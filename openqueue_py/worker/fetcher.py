@@ -463,9 +463,7 @@ class Fetcher:
         core = self._core
         try:
             self._limited = set(await core.conns.run(_sql.limited_queues(self._queues)))
-        except TRANSIENT:
-            return  # asked again at the next poll; the lease loop reports outages
-        except psycopg.Error as exc:
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedFunction) as exc:
             # A role granted the worker's functions one by one, without this
             # one: every queue keeps counting as limited, as before version 8.
             self._limits_refused = True
@@ -476,6 +474,8 @@ class Fetcher:
                 worker_id=core.worker_id,
                 error=f"{type(exc).__name__}: {exc}".strip(),
             )
+        except (*TRANSIENT, psycopg.Error):
+            return  # what we knew stays; asked again at the next poll (the lease loop reports errors)
 
     async def _check_schedule(self) -> None:
         """Sleep no longer than until the earliest future run_at of our queues."""

@@ -6,6 +6,7 @@ Every check runs as a real LOGIN role that holds exactly one OpenQueue role
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -16,6 +17,8 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from openqueue_py import Client, Worker
+
+from . import test_install_roles
 
 PRODUCER = {"oq_enqueue", "oq_enqueue_batch", "oq_stats"}
 WORKER = {
@@ -367,3 +370,38 @@ def test_a_login_with_no_openqueue_role_can_do_nothing(conn, logins):
         assert sqlstate_of(own, "select openqueue.oq_stats()") == "42501"
         assert sqlstate_of(own, "select openqueue.oq_enqueue('q', %s)", (Jsonb({}),)) == "42501"
         assert sqlstate_of(own, "select count(*) from openqueue.jobs") == "42501"
+
+
+def test_a_worker_login_without_oq_limited_queues_still_works(conn, logins, caplog):
+    """Granted the worker's functions by hand, all but the one version 8 added: it logs, and runs."""
+    login = logins["nobody"]
+    grants = test_install_roles.readme_worker_grants().replace("app_worker", login.name)
+    grants = grants.replace("    openqueue.oq_limited_queues(text[]),\n", "")
+    assert "oq_limited_queues" not in grants
+    conn.execute(grants)  # as the owner, in this database
+    try:
+        with Client(conn) as owner_client:
+            job_ids = owner_client.enqueue_batch("handgranted", [{"n": n} for n in range(3)])
+        done: list[int] = []
+        worker = Worker(
+            login.dsn,
+            {"handgranted": lambda job: done.append(job.id)},
+            poll_interval=0.5,
+            handle_signals=False,
+        )
+        caplog.set_level(logging.INFO, logger="openqueue.worker")
+        thread = threading.Thread(target=worker.run)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 20
+            while len(done) < 3 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            worker.stop()
+            thread.join(timeout=30)
+    finally:
+        conn.execute(f"drop owned by {login.name}")  # its grants, so that the role can be dropped
+    assert sorted(done) == sorted(job_ids)
+    refused = [r for r in caplog.records if getattr(r, "event", None) == "worker.limits_unavailable"]
+    assert len(refused) == 1, [r.getMessage() for r in caplog.records]
+    assert "InsufficientPrivilege" in refused[0].error
