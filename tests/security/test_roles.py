@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 
 import psycopg
@@ -262,20 +263,25 @@ def test_the_worker_runtime_runs_as_a_worker_login(conn, logins):
         reap_interval=0.2,
         handle_signals=False,
     )
-    thread = threading.Thread(target=worker.run)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 20
-        while len(done) < 6 and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        worker.stop()
-        thread.join(timeout=30)
+    _run_until(worker, lambda: len(done) >= 6)
     assert sorted(done) == sorted([*job_ids, later])
     rows = conn.execute(
         "select status, count(*) from openqueue.jobs where queue_name = 'runtime' group by 1"
     ).fetchall()
     assert rows == [("completed", 6)]
+
+
+def _run_until(worker: Worker, done: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Run ``worker`` in a thread until ``done()`` (or ``timeout`` seconds), then stop it."""
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not done() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        worker.stop()
+        thread.join(timeout=30)
 
 
 def _db_now(conn: psycopg.Connection):
@@ -390,15 +396,7 @@ def test_a_worker_login_without_oq_limited_queues_still_works(conn, logins, capl
             handle_signals=False,
         )
         caplog.set_level(logging.INFO, logger="openqueue.worker")
-        thread = threading.Thread(target=worker.run)
-        thread.start()
-        try:
-            deadline = time.monotonic() + 20
-            while len(done) < 3 and time.monotonic() < deadline:
-                time.sleep(0.05)
-        finally:
-            worker.stop()
-            thread.join(timeout=30)
+        _run_until(worker, lambda: len(done) >= 3)
     finally:
         conn.execute(f"drop owned by {login.name}")  # its grants, so that the role can be dropped
     assert sorted(done) == sorted(job_ids)

@@ -36,6 +36,16 @@ def wait_until(
         time.sleep(interval)
 
 
+def wait_until_waiting(conn: psycopg.Connection, worker: Any, what: str) -> None:
+    """Until ``worker`` has registered with oq_wait: its start-up leases are done and it sleeps."""
+    wait_until(
+        lambda: conn.execute(
+            "select 1 from openqueue.queue_waiters where worker_id = %s", (worker.worker_id,)
+        ).fetchone(),
+        what=what,
+    )
+
+
 def status_counts(conn: psycopg.Connection) -> dict[str, int]:
     rows = conn.execute("select status, count(*) from openqueue.jobs group by status").fetchall()
     return {status: count for status, count in rows}

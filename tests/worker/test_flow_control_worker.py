@@ -17,7 +17,7 @@ import pytest
 
 from openqueue_py import Client, _sql
 
-from .conftest import make_worker, running, status_counts, wait_until
+from .conftest import make_worker, running, status_counts, wait_until, wait_until_waiting
 
 
 @pytest.fixture
@@ -48,12 +48,7 @@ def test_a_paused_queue_wakes_its_worker_when_resumed(dsn: str, conn: psycopg.Co
         # poll_interval 60 s: within the wait below only a notification can wake it.
         worker = make_worker(dsn, {"held": lambda job: started.append(time.monotonic())}, poll_interval=60.0)
         with running(worker):
-            wait_until(
-                lambda: conn.execute(
-                    "select 1 from openqueue.queue_waiters where worker_id = %s", (worker.worker_id,)
-                ).fetchone(),
-                what="the worker to find the queue paused and wait",
-            )
+            wait_until_waiting(conn, worker, "the worker to find the queue paused and wait")
             time.sleep(0.5)
             assert started == []  # paused: nothing leased
             assert client.resume_queue("held") is True
@@ -105,12 +100,7 @@ def test_a_short_lease_of_a_queue_without_limits_is_not_retried(
     with Client(dsn) as client:
         worker = make_worker(dsn, {"plain": lambda job: None}, concurrency=4, poll_interval=60.0)
         with running(worker):
-            wait_until(
-                lambda: conn.execute(
-                    "select 1 from openqueue.queue_waiters where worker_id = %s", (worker.worker_id,)
-                ).fetchone(),
-                what="the worker to start waiting (its start-up leases done)",
-            )
+            wait_until_waiting(conn, worker, "the worker to start waiting (its start-up leases done)")
             for n in range(1, 4):
                 client.enqueue("plain", {"n": n})
                 wait_until(lambda n=n: status_counts(conn).get("completed") == n, what=f"job {n} to complete")

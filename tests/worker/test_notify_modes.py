@@ -6,7 +6,7 @@ import time
 
 import psycopg
 
-from .conftest import make_worker, running, wait_until
+from .conftest import make_worker, running, wait_until, wait_until_waiting
 
 
 def test_an_idle_worker_registers_as_waiting_for_its_queues(dsn: str, conn: psycopg.Connection) -> None:
@@ -30,12 +30,7 @@ def test_a_when_waiting_queue_wakes_an_idle_worker_without_polling(
     started: list[float] = []
     worker = make_worker(dsn, {"quiet": lambda job: started.append(time.monotonic())}, poll_interval=60.0)
     with running(worker):
-        wait_until(
-            lambda: conn.execute(
-                "select 1 from openqueue.queue_waiters where worker_id = %s", (worker.worker_id,)
-            ).fetchone(),
-            what="the worker's oq_wait registration",
-        )
+        wait_until_waiting(conn, worker, "the worker's oq_wait registration")
         time.sleep(0.5)  # the worker is asleep now: only a notification can wake it before 60 s
         committed = time.monotonic()
         conn.execute("select openqueue.oq_enqueue('quiet', '{}')")
