@@ -121,6 +121,7 @@ def test_limits_set_while_a_worker_runs_are_learnt_at_its_next_poll(
     with Client(dsn) as client:
         worker = make_worker(dsn, {"late": handle}, concurrency=4, poll_interval=0.5)
         with running(worker):
+            wait_until_waiting(conn, worker, "the worker to start (it has asked which queues are limited)")
             client.set_queue_limits("late", max_running=1)
             time.sleep(1.2)  # two polls: the worker now knows the queue is limited
             client.enqueue_batch("late", [0, 1, 2])
