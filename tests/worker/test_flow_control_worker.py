@@ -119,18 +119,22 @@ def test_limits_set_while_a_worker_runs_are_learnt_at_its_next_poll(
             release.wait(30)
 
     with Client(dsn) as client:
-        worker = make_worker(dsn, {"late": handle}, concurrency=4, poll_interval=0.5)
+        worker = make_worker(dsn, {"late": handle}, concurrency=4, poll_interval=1.0)
         with running(worker):
             wait_until_waiting(conn, worker, "the worker to start (it has asked which queues are limited)")
             client.set_queue_limits("late", max_running=1)
-            time.sleep(1.2)  # two polls: the worker now knows the queue is limited
-            client.enqueue_batch("late", [0, 1, 2])
-            wait_until(lambda: status_counts(conn).get("processing") == 1, what="job 0 to start")
-            # Held back by max_running with a job of the queue held here: the
-            # ladder retries it (the poll alone would be one call per 0.5 s).
+            time.sleep(2.2)  # two polls: the worker now knows the queue is limited
             before = lease_calls.get("late", 0)
-            time.sleep(0.4)
-            assert lease_calls.get("late", 0) - before >= 2, lease_calls
+            client.enqueue_batch("late", [0, 1, 2])
+            time.sleep(1.5)
+            during = lease_calls.get("late", 0) - before
+            assert status_counts(conn).get("processing") == 1  # job 0, holding max_running
+            # The notification's lease brings job 0 and no more (max_running),
+            # with job 0 held here: the ladder retries after 50, 100, 200 and
+            # 400 ms, 5 calls within 0.8 s, plus the polls (6 in 1.5 s here).
+            # A worker that still took the queue for unlimited makes 1 call,
+            # plus one per poll (2 here).
+            assert during >= 5, lease_calls
             release.set()
             wait_until(lambda: status_counts(conn).get("completed") == 3, what="every job to complete")
 
