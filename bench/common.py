@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -209,3 +210,9 @@ def server_settings(dsn: str) -> str:
             values[name] = row[0] if row else "?"
     version = values.pop("server_version").split()[0]
     return f"PG {version}; " + ", ".join(f"{k}={v}" for k, v in values.items())
+
+
+def statement_name(query: str) -> str:
+    """A worker statement named by the oq_* functions it calls (``oq_ack_many+oq_lease``), else its verb."""
+    called = sorted(set(re.findall(r"openqueue\.(oq_\w+)", query)))
+    return "+".join(called) or query.split()[1]

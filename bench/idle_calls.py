@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import re
 import threading
 import time
 
@@ -25,7 +24,7 @@ import psycopg
 from openqueue_py import Worker
 from openqueue_py.worker import connections
 
-from .common import database
+from .common import database, statement_name
 
 QUEUE = "idle_calls"
 
@@ -41,8 +40,7 @@ def main() -> None:
     run = connections.Connections.run
 
     async def counted_run(self: connections.Connections, call):  # type: ignore[no-untyped-def]
-        called = sorted(set(re.findall(r"openqueue\.(oq_\w+)", call.query)))
-        counts["+".join(called) or call.query.split()[1]] += 1
+        counts[statement_name(call.query)] += 1
         return await run(self, call)
 
     connections.Connections.run = counted_run  # type: ignore[method-assign]

@@ -15,7 +15,6 @@ the producer sees its commit return).
 from __future__ import annotations
 
 import argparse
-import re
 import threading
 import time
 
@@ -24,7 +23,7 @@ import psycopg
 from openqueue_py import Worker
 from openqueue_py.worker import connections, fetcher
 
-from .common import database, percentile
+from .common import database, percentile, statement_name
 
 QUEUE = "trace_wakeup"
 
@@ -51,9 +50,7 @@ def main() -> None:
         try:
             return await run(self, call)
         finally:
-            called = re.findall(r"openqueue\.(oq_\w+)", call.query)
-            name = "+".join(called) or call.query.split()[1]
-            marks.append((name, started, time.monotonic()))
+            marks.append((statement_name(call.query), started, time.monotonic()))
 
     fetcher.Fetcher.mark_ready = traced_mark_ready  # type: ignore[method-assign]
     connections.Connections.run = traced_run  # type: ignore[method-assign]
